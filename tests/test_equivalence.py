@@ -1,0 +1,56 @@
+"""Every style computes the same mathematics: same start, same batches, same losses.
+
+The tolerances are the suite's contract (float64: relative 1e-9; float32: 1e-5)
+over the first 60 steps, which crosses an epoch boundary (and a reshuffle) for
+every minibatched workload.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import workloads as W
+from conftest import STYLES, WORKLOADS, short_run
+
+STEPS = 60
+RTOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+@pytest.fixture(scope="module")
+def trajectories():
+    return {(w, s): short_run(w, s, STEPS) for w in WORKLOADS for s in STYLES}
+
+
+@pytest.mark.parametrize("style", [s for s in STYLES if s != "module"])
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_style_matches_module_loss_trajectory(trajectories, workload, style):
+    reference = np.array(trajectories[(workload, "module")].step_losses)
+    other = np.array(trajectories[(workload, style)].step_losses)
+    assert len(reference) == len(other) == STEPS
+    rtol = RTOL[W.get_workload(workload).dtype]
+    np.testing.assert_allclose(other, reference, rtol=rtol, atol=0)
+    # the losses must actually move, or equality would prove nothing
+    assert reference[-1] < reference[0]
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_styles_agree_on_evaluated_losses(trajectories, workload):
+    rtol = RTOL[W.get_workload(workload).dtype]
+    ref = trajectories[(workload, "module")]
+    for style in STYLES:
+        got = trajectories[(workload, style)]
+        assert got.final_train_loss == pytest.approx(ref.final_train_loss, rel=rtol)
+        assert got.test_loss == pytest.approx(ref.test_loss, rel=rtol)
+
+
+def test_every_style_starts_from_the_same_parameters(workload):
+    """The canonical initial parameters are a function of the seed alone."""
+    a = W.initial_parameters(W.get_workload(workload), 3)
+    b = W.initial_parameters(W.get_workload(workload), 3)
+    c = W.initial_parameters(W.get_workload(workload), 4)
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert all(p.dtype == W.get_workload(workload).dtype for p in a.values())

@@ -1,0 +1,219 @@
+"""Command line: argument parsing, progress and tables; nothing else.
+
+``torchloops list`` and ``torchloops run``.  Bad input ends with one line on
+stderr naming what is valid and exit status 2, before anything runs or is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import List, Optional, Sequence
+
+from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, configure, run
+
+PROG = "torchloops"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
+        raise UsageError(message)
+
+
+def _number(kind):
+    """argparse type: a positive int, or a positive finite float."""
+    what = "integer" if kind is int else "finite number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got {text!r}")
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="The documented PyTorch workloads in four equivalent styles, timed.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="workloads, styles and placements (with why a placement is unavailable)")
+    r = sub.add_parser("run", help="train workloads and print a table of their records")
+    r.add_argument("workload", nargs="?", default="all", choices=WORKLOADS.names() + ["all"], metavar="WORKLOAD|all")
+    r.add_argument("--style", default="all", choices=STYLES.names() + ["all"])
+    r.add_argument("--device", default="cpu", choices=PLACEMENTS.names())
+    r.add_argument("--seed", type=_seed, default=0)
+    r.add_argument("--epochs", type=_number(int))
+    r.add_argument("--steps", type=_number(int), help="cap on the total number of optimizer steps")
+    r.add_argument("--lr", type=_number(float))
+    r.add_argument("--batch-size", type=_number(int))
+    r.add_argument("--threads", type=_number(int), default=1, help="torch.set_num_threads (default 1)")
+    r.add_argument("--until-target", action="store_true", help="stop each run at its quality target")
+    r.add_argument("--json", metavar="PATH", help="write the list of result records here")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def format_table(headers: Sequence[str], rows: List[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    if value < 1e-3:
+        return f"{value * 1e6:.0f} us"
+    if value < 1:
+        return f"{value * 1e3:.2f} ms"
+    return f"{value:.2f} s"
+
+
+RUN_HEADERS = ("workload", "style", "device", "steps", "train loss", "test loss", "metric", "target",
+               "to target", "time to target", "step median", "train time", "notes")
+
+
+def _row(record: dict) -> List[str]:
+    arrow = ">=" if record["higher_is_better"] else "<="
+    notes = []
+    if record["diverged"]:
+        notes.append("DIVERGED")
+    if record["dead_classes"]:
+        notes.append(f"dead class {','.join(map(str, record['dead_classes']))} (never predicted)")
+    reached = f"step {record['steps_to_target']}" if record["reached_target"] else "not reached"
+    return [
+        record["workload"], record["style"], record["device"], str(record["steps"]),
+        f"{record['final_train_loss']:.5g}", f"{record['test_loss']:.5g}",
+        f"{record['metric']}={record['metric_value']:.4g}", f"{arrow} {record['target']:g}",
+        reached, _seconds(record["time_to_target_s"]), _seconds(record["step_time_median_s"]),
+        _seconds(record["train_time_s"]), "; ".join(notes),
+    ]
+
+
+def _check_json_path(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--json {path!r} is a directory; give a file path")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--json {path!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"--json {path!r}: folder {folder!r} is not writable")
+
+
+def write_json_atomic(path: str, payload) -> None:
+    """Write to a temporary file beside ``path`` and rename: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".json.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _progress_bar(quiet: bool, label: str):
+    """A tqdm bar on stderr, shown only for runs longer than 2 s and only on a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc=label, unit="step", delay=2.0, leave=False, file=sys.stderr)
+
+
+def cmd_list(_args) -> int:
+    rows = []
+    for w in WORKLOADS.entries.values():
+        arrow = ">=" if w.metric.higher_is_better else "<="
+        batch = "full" if w.batch_size is None else str(w.batch_size)
+        rows.append([w.name, w.summary, f"{w.epochs}", batch, f"{w.metric.name} {arrow} {w.target:g}"])
+    print(format_table(("workload", "model / loss / optimizer", "epochs", "batch", "target"), rows))
+    print()
+    print(format_table(("style", "what it is"), [[s.name, s.description] for s in STYLES.entries.values()]))
+    print()
+    rows = []
+    for p in PLACEMENTS.entries.values():
+        avail = p.availability()
+        rows.append([p.name, "available" if avail.ok else "unavailable", p.description if avail.ok else avail.reason])
+    print(format_table(("placement", "here", "what it is / why not"), rows))
+    return 0
+
+
+def cmd_run(args) -> int:
+    if args.json:
+        _check_json_path(args.json)
+    names = WORKLOADS.names() if args.workload == "all" else [args.workload]
+    styles = STYLES.names() if args.style == "all" else [args.style]
+    overrides = dict(epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                     threads=args.threads, until_target=args.until_target)
+    # Check every combination before training anything: bad input never costs a run.
+    planned = []
+    for name in names:
+        for style in styles:
+            try:
+                planned.append((name, style, configure(name, style, args.device, args.seed, **overrides), None))
+            except Unavailable as why:
+                planned.append((name, style, None, str(why)))
+    records, rows = [], []
+    for name, style, config, skipped in planned:
+        if config is None:
+            rows.append([name, style, args.device] + ["-"] * 9 + [f"skipped: {skipped}"])
+            continue
+        bar = _progress_bar(args.quiet, f"{name}/{style}")
+        if bar is not None:
+            bar.reset(total=config.total_steps)
+        progress = (lambda step, total: bar.update(step - bar.n)) if bar is not None else None
+        try:
+            result = run(config, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        record = result.to_dict()
+        records.append(record)
+        rows.append(_row(record))
+    print(format_table(RUN_HEADERS, rows))
+    if args.json:
+        write_json_atomic(args.json, records)
+    diverged = [r for r in records if r["diverged"]]
+    if diverged:
+        print(f"{PROG}: {len(diverged)} run(s) diverged (non-finite loss)", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

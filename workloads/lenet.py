@@ -1,0 +1,120 @@
+"""LeNet (the notes' "neural network" section, the official PyTorch tutorial's ``Net``).
+
+The notes feed one random 1x1x32x32 image and an ``MSELoss`` against a random
+target: :func:`one_sample_step` keeps that as a documented check.  To train it on
+a real task the suite uses sklearn's bundled ``load_digits`` (8x8 images of 10
+digits, no download), pixels scaled to [0, 1] and each pixel repeated 4x4 to
+32x32 (nearest-neighbour upsampling), 80/20 split, ``CrossEntropyLoss`` and the
+notes' ``SGD(lr=0.01)``.  The notes give no loop length: the suite chooses
+batches of 32, shuffled, for 30 epochs (45 steps each).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from sklearn import datasets
+from torch import nn
+
+from .data import split, to_split
+from .losses import accuracy, raw_cross_entropy
+from .registry import Metric, OptimizerSpec, Workload, register_workload
+
+
+def make_data(seed: int):
+    digits = datasets.load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, scale_factor=4, mode="nearest")  # 8x8 -> 32x32
+    X_train, X_test, y_train, y_test = split(images.numpy(), digits.target, seed)
+    return to_split(X_train, X_test, y_train, y_test, torch.float32, torch.int64)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3)
+        self.conv2 = nn.Conv2d(6, 16, 3)
+        self.fc1 = nn.Linear(16 * 6 * 6, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def build_sequential() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 6 * 6, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
+
+
+def raw_forward(params, x):
+    c1w, c1b, c2w, c2b, w1, b1, w2, b2, w3, b3 = params
+    x = F.max_pool2d(torch.relu(F.conv2d(x, c1w, c1b)), 2)
+    x = F.max_pool2d(torch.relu(F.conv2d(x, c2w, c2b)), 2)
+    x = x.reshape(x.shape[0], -1)
+    x = torch.relu(x.mm(w1.t()) + b1)
+    x = torch.relu(x.mm(w2.t()) + b2)
+    return x.mm(w3.t()) + b3
+
+
+def one_sample_step(seed: int = 0, lr: float = 0.01):
+    """The notes' check, step by step: one random image, ``MSELoss`` against a random
+    target, ``backward``, then the manual update ``f.data.sub_(f.grad.data * lr)``.
+
+    Returns ``(net, loss_before, loss_after, conv1_bias_grad)``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = Net()
+    image = torch.randn(1, 1, 32, 32, generator=generator)
+    target = torch.randn(1, 10, generator=generator)
+    criterion = nn.MSELoss()
+    net.zero_grad()
+    loss = criterion(net(image), target)
+    loss.backward()
+    bias_grad = net.conv1.bias.grad.clone()
+    for f in net.parameters():
+        f.data.sub_(f.grad.data * lr)
+    with torch.no_grad():
+        after = criterion(net(image), target)
+    return net, loss.item(), after.item(), bias_grad
+
+
+WORKLOAD = register_workload(
+    Workload(
+        name="lenet",
+        summary="LeNet-5 (conv 6, conv 16, 120-84-10); CrossEntropy; SGD(lr=0.01); batch 32",
+        data_summary="sklearn load_digits (1797 8x8 images) upsampled to 32x32, split 0.2",
+        make_data=make_data,
+        build_module=Net,
+        build_sequential=build_sequential,
+        raw_forward=raw_forward,
+        raw_loss=raw_cross_entropy,
+        criterion=nn.CrossEntropyLoss,
+        optimizer=OptimizerSpec("sgd", lr=0.01),
+        epochs=30,
+        batch_size=32,
+        shuffle=True,
+        metric=Metric("test_accuracy", higher_is_better=True, fn=accuracy, is_classification=True),
+        target=float("nan"),
+        target_note="TBD",
+    )
+)

@@ -1,0 +1,88 @@
+"""Method 1 of "building a network from raw": a 5-128-1 ReLU MLP in float64, plain SGD.
+
+As documented: ``make_regression(1000 x 5, all 5 informative, bias=0,
+noise=0.001)``, ``StandardScaler`` on X and y, float64 tensors; weights and
+biases drawn with ``randn`` (standard deviation 1), not torch's default init;
+``mean((y_hat - y) ** 2)`` and ``p -= 0.01 * grad`` for 10,000 full-batch steps.
+The notes train on all 1000 rows; the suite holds out 20 % (scalers fitted on the
+training rows) so that the metric is a test MSE.
+"""
+
+from __future__ import annotations
+
+import torch
+from sklearn import datasets
+from torch import nn
+
+from .data import split, standardise, to_split
+from .losses import mse, raw_mse
+from .registry import Metric, OptimizerSpec, Workload, register_workload
+
+HIDDEN = 128
+
+
+def make_data_as(seed: int, dtype: torch.dtype):
+    """The data of both "from raw" methods (method 2 uses it in float32)."""
+    X, y = datasets.make_regression(
+        n_samples=1000, n_features=5, n_informative=5, n_targets=1, bias=0, noise=0.001, random_state=seed
+    )
+    X_train, X_test, y_train, y_test = split(X, y.reshape(-1, 1), seed)
+    X_train, X_test = standardise(X_train, X_test)
+    y_train, y_test = standardise(y_train, y_test)
+    return to_split(X_train, X_test, y_train, y_test, dtype, dtype)
+
+
+def make_data(seed: int):
+    return make_data_as(seed, torch.float64)
+
+
+class RawMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(5, HIDDEN)
+        self.fc2 = nn.Linear(HIDDEN, 1)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def build_sequential() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(5, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+
+
+def randn_init(model: nn.Module) -> None:
+    """The documented init: every weight and bias drawn from N(0, 1)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+
+
+def raw_forward(params, x):
+    weights1, biases1, weights2, biases2 = params
+    hidden = torch.relu(x.mm(weights1.t()) + biases1)
+    return hidden.mm(weights2.t()) + biases2
+
+
+WORKLOAD = register_workload(
+    Workload(
+        name="mlp_sgd",
+        summary="5-128-1 ReLU MLP, randn init, float64; MSE; SGD(lr=0.01); full batch",
+        data_summary="make_regression(1000 x 5, 5 informative, noise=0.001), split 0.2, standardised, float64",
+        make_data=make_data,
+        build_module=RawMLP,
+        build_sequential=build_sequential,
+        raw_forward=raw_forward,
+        raw_loss=raw_mse,
+        criterion=nn.MSELoss,
+        optimizer=OptimizerSpec("sgd", lr=0.01),
+        epochs=10_000,
+        batch_size=None,
+        shuffle=False,
+        eval_every=50,
+        dtype=torch.float64,
+        init=randn_init,
+        metric=Metric("test_mse", higher_is_better=False, fn=mse),
+        target=float("nan"),
+        target_note="TBD",
+    )
+)

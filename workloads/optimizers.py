@@ -1,0 +1,73 @@
+"""The two optimizer tables: ``torch.optim`` for the nn styles, hand-written for ``raw``.
+
+Hand-written parameter updates for the ``raw`` style:
+
+Each mirrors the ``torch.optim`` class the other styles use (same defaults, same
+order of operations), written with plain tensor arithmetic under
+``torch.no_grad()`` the way the notes update ``weights.data``.  Each object is
+called once per step after ``loss.backward()``: it updates the parameters and
+zeroes their gradients, as the notes do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+
+
+class RawSGD:
+    """``p -= lr * g``; with momentum ``b = momentum * b + g`` (first step ``b = g``), ``p -= lr * b``."""
+
+    def __init__(self, params: List[torch.Tensor], lr: float, momentum: float = 0.0):
+        self.params, self.lr, self.momentum = params, lr, momentum
+        self.buffers = [None] * len(params)
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if self.momentum:
+                if self.buffers[i] is None:
+                    self.buffers[i] = g.clone()
+                else:
+                    self.buffers[i].mul_(self.momentum).add_(g)
+                g = self.buffers[i]
+            p.add_(-self.lr * g)
+            p.grad.zero_()
+
+
+class RawAdam:
+    """Adam (Kingma & Ba) with torch's defaults: betas (0.9, 0.999), eps 1e-8, bias correction."""
+
+    def __init__(self, params: List[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.eps = params, lr, eps
+        self.beta1, self.beta2 = betas
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = 0
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        self.t += 1
+        correction1 = 1 - self.beta1**self.t
+        correction2_sqrt = math.sqrt(1 - self.beta2**self.t)
+        for p, m, v in zip(self.params, self.m, self.v):
+            g = p.grad
+            m.mul_(self.beta1).add_((1 - self.beta1) * g)
+            v.mul_(self.beta2).add_((1 - self.beta2) * g * g)
+            denom = v.sqrt() / correction2_sqrt + self.eps
+            p.add_(-(self.lr / correction1) * m / denom)
+            p.grad.zero_()
+
+
+# (parameters, OptimizerSpec) -> optimizer; the two tables must hold the same kinds.
+TORCH_OPTIMIZERS = {
+    "sgd": lambda params, spec: torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum),
+    "adam": lambda params, spec: torch.optim.Adam(params, lr=spec.lr),
+}
+RAW_OPTIMIZERS = {
+    "sgd": lambda params, spec: RawSGD(params, lr=spec.lr, momentum=spec.momentum),
+    "adam": lambda params, spec: RawAdam(params, lr=spec.lr),
+}

@@ -1,0 +1,123 @@
+"""Registries of workloads, styles and placements, and lookup with clear errors.
+
+A workload module describes one documented program (data recipe, model, loss,
+optimizer, loop lengths, quality target) as a :class:`Workload` and registers it
+here.  Styles (:mod:`workloads.styles`) and placements (:mod:`workloads.placements`)
+register themselves the same way.  Adding one is adding an entry: nothing else
+branches on a name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+
+class UsageError(ValueError):
+    """Bad input from a user: the CLI prints it as one line and exits with status 2."""
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The documented optimizer: ``kind`` names an entry of both the torch and the raw optimizer tables."""
+
+    kind: str  # "sgd" or "adam"
+    lr: float
+    momentum: float = 0.0
+
+    def describe(self) -> str:
+        extra = f", momentum={self.momentum:g}" if self.momentum else ""
+        return f"{self.kind.upper() if self.kind == 'sgd' else 'Adam'}(lr={self.lr:g}{extra})"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The quality metric a workload is judged by, evaluated on the test split."""
+
+    name: str  # e.g. "test_accuracy", "test_mse"
+    higher_is_better: bool
+    fn: Callable[[torch.Tensor, torch.Tensor], float]  # (model outputs, targets) -> value
+    is_classification: bool = False
+
+    def reached(self, value: float, target: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        return value >= target if self.higher_is_better else value <= target
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One documented model and training loop, written once, trained in any style.
+
+    ``build_module`` and ``build_sequential`` must create the same parameters in the
+    same order (shapes are checked); ``raw_forward`` takes those parameters as a list,
+    in that order, and writes the forward pass with plain tensor operations;
+    ``raw_loss`` is the hand-written loss; ``criterion`` the ``torch.nn`` loss the
+    other styles (and every evaluation) use.
+    """
+
+    name: str
+    summary: str
+    data_summary: str
+    make_data: Callable[[int], "Split"]  # noqa: F821 (workloads.data.Split)
+    build_module: Callable[[], nn.Module]
+    build_sequential: Callable[[], nn.Sequential]
+    raw_forward: Callable[[list, torch.Tensor], torch.Tensor]
+    raw_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    criterion: Callable[[], nn.Module]
+    optimizer: OptimizerSpec
+    epochs: int
+    batch_size: Optional[int]  # None: the whole training set every step
+    shuffle: bool
+    metric: Metric
+    target: float
+    target_note: str  # how the target was chosen (measured runs over seeds)
+    steps_per_epoch: Optional[int] = None  # None: one pass over the data per epoch
+    dtype: torch.dtype = torch.float32
+    eval_every: Optional[int] = None  # steps between evaluations; None: every epoch
+    init: Optional[Callable[[nn.Module], None]] = None  # documented non-default init
+    notes: str = ""
+
+
+@dataclass
+class Availability:
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass
+class Table:
+    """A named registry (styles, placements) with lookup errors that list what is valid."""
+
+    what: str
+    entries: dict = field(default_factory=dict)
+
+    def register(self, entry):
+        if entry.name in self.entries:
+            raise ValueError(f"{self.what} {entry.name!r} registered twice")
+        self.entries[entry.name] = entry
+        return entry
+
+    def names(self) -> list:
+        return list(self.entries)
+
+    def get(self, name: str):
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise UsageError(
+                f"unknown {self.what} {name!r}; valid: {', '.join(self.entries)}"
+            ) from None
+
+
+WORKLOADS = Table("workload")
+register_workload = WORKLOADS.register
+get_workload = WORKLOADS.get
+workload_names = WORKLOADS.names

@@ -76,7 +76,12 @@ WORKLOAD = register_workload(
         shuffle=False,
         eval_every=100,
         metric=Metric("test_accuracy", higher_is_better=True, fn=accuracy, is_classification=True),
-        target=float("nan"),
-        target_note="TBD",
+        target=0.85,
+        target_note=(
+            "25 seeds (0-24), raw style, full documented length (50,000 steps), torch 2.13.0 CPU:"
+            " 24 of 25 reach 0.85 test accuracy (median step 1,350, slowest 30,100); the 25th "
+            "(seed 23) loses class 1 to the ReLU on the logits and ends at 0.65. The target is "
+            "0.05 below the lowest final accuracy of the 24 (0.86), rounded down."
+        ),
     )
 )

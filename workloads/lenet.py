@@ -3,8 +3,9 @@
 The notes feed one random 1x1x32x32 image and an ``MSELoss`` against a random
 target: :func:`one_sample_step` keeps that as a documented check.  To train it on
 a real task the suite uses sklearn's bundled ``load_digits`` (8x8 images of 10
-digits, no download), pixels scaled to [0, 1] and each pixel repeated 4x4 to
-32x32 (nearest-neighbour upsampling), 80/20 split, ``CrossEntropyLoss`` and the
+digits, no download), pixels scaled to [0, 1], each pixel repeated 4x4 to
+32x32 (nearest-neighbour upsampling), 80/20 split, then normalised with the mean and
+standard deviation of the training pixels; ``CrossEntropyLoss`` and the
 notes' ``SGD(lr=0.01)``.  The notes give no loop length: the suite chooses
 batches of 32, shuffled, for 30 epochs (45 steps each).
 """
@@ -26,6 +27,10 @@ def make_data(seed: int):
     images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, scale_factor=4, mode="nearest")  # 8x8 -> 32x32
     X_train, X_test, y_train, y_test = split(images.numpy(), digits.target, seed)
+    # One mean and one standard deviation over the training pixels (as torchvision's
+    # MNIST Normalize): plain SGD at lr=0.01 leaves the initial plateau far sooner.
+    mean, std = X_train.mean(), X_train.std()
+    X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
     return to_split(X_train, X_test, y_train, y_test, torch.float32, torch.int64)
 
 
@@ -114,7 +119,13 @@ WORKLOAD = register_workload(
         batch_size=32,
         shuffle=True,
         metric=Metric("test_accuracy", higher_is_better=True, fn=accuracy, is_classification=True),
-        target=float("nan"),
-        target_note="TBD",
+        target=0.9,
+        target_note=(
+            "25 seeds (0-24), raw style, full 30 epochs (1,350 steps), torch 2.13.0 CPU: all "
+            "reach 0.90 test accuracy (median step 585, slowest 1,080) and end at 0.92-0.97, but "
+            "for one late spike of plain SGD (seed 11 falls from 0.94 to 0.76 in its last epoch)."
+            " 0.90 is 0.02 below the lowest end of the other 24. (Without normalising the pixels,"
+            " 3 of 25 seeds were still on the initial plateau after 30 epochs.)"
+        ),
     )
 )

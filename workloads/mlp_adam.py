@@ -58,7 +58,11 @@ WORKLOAD = register_workload(
         batch_size=116,
         shuffle=False,
         metric=Metric("test_mse", higher_is_better=False, fn=mse),
-        target=float("nan"),
-        target_note="TBD",
+        target=1e-3,
+        target_note=(
+            "25 seeds (0-24), raw style, full 1000 epochs (7,000 steps): all reach test MSE 1e-3 "
+            "(median step 2,737, slowest 5,061) and end at 1.1e-4 to 5.2e-4; the target is 2x the"
+            " worst final MSE, rounded to a power of ten."
+        ),
     )
 )

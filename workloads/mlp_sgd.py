@@ -82,7 +82,12 @@ WORKLOAD = register_workload(
         dtype=torch.float64,
         init=randn_init,
         metric=Metric("test_mse", higher_is_better=False, fn=mse),
-        target=float("nan"),
-        target_note="TBD",
+        target=0.2,
+        target_note=(
+            "25 seeds (0-24), raw style, full 10,000 steps: 22 of 25 reach test MSE 0.2 (median "
+            "step 1,100, slowest 2,550); the other 3 (seeds 0, 4, 8) plateau at 0.24-0.40 under "
+            "the documented randn init. Final MSEs spread from 0.006 to 0.4, so a tighter target "
+            "would be a lottery over seeds; 0.2 (R^2 = 0.8) separates the two groups cleanly."
+        ),
     )
 )

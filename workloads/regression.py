@@ -70,7 +70,11 @@ WORKLOAD = register_workload(
         batch_size=20,
         shuffle=True,
         metric=Metric("test_mse", higher_is_better=False, fn=mse),
-        target=float("nan"),
-        target_note="TBD",
+        target=1e-6,
+        target_note=(
+            "25 seeds (0-24), raw style, full documented length (400 epochs): all reach test MSE "
+            "1e-6 (standardised y) by step 400 (median 360, 9 epochs) and end at 5e-11 to 1e-9, "
+            "the noise floor of noise=0.001. 1e-6 is R^2 = 0.999999: a fit, not the floor."
+        ),
     )
 )

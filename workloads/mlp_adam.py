@@ -15,31 +15,12 @@ import torch
 from torch import nn
 
 from .losses import mse, raw_mse
-from .mlp_sgd import HIDDEN, make_data_as
+from .mlp_sgd import OneHiddenLayer, make_data_as, one_hidden_layer_raw, one_hidden_layer_sequential
 from .registry import Metric, OptimizerSpec, Workload, register_workload
 
 
 def make_data(seed: int):
     return make_data_as(seed, torch.float32)
-
-
-class SigmoidMLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(5, HIDDEN)
-        self.fc2 = nn.Linear(HIDDEN, 1)
-
-    def forward(self, x):
-        return self.fc2(torch.sigmoid(self.fc1(x)))
-
-
-def build_sequential() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(5, HIDDEN), nn.Sigmoid(), nn.Linear(HIDDEN, 1))
-
-
-def raw_forward(params, x):
-    w1, b1, w2, b2 = params
-    return torch.sigmoid(x.mm(w1.t()) + b1).mm(w2.t()) + b2
 
 
 WORKLOAD = register_workload(
@@ -48,9 +29,9 @@ WORKLOAD = register_workload(
         summary="Sequential(Linear(5,128), Sigmoid, Linear(128,1)); MSELoss; Adam(lr=0.001); batch 116 in order",
         data_summary="as mlp_sgd, float32",
         make_data=make_data,
-        build_module=SigmoidMLP,
-        build_sequential=build_sequential,
-        raw_forward=raw_forward,
+        build_module=lambda: OneHiddenLayer(torch.sigmoid),
+        build_sequential=lambda: one_hidden_layer_sequential(nn.Sigmoid()),
+        raw_forward=one_hidden_layer_raw(torch.sigmoid),
         raw_loss=raw_mse,
         criterion=nn.MSELoss,
         optimizer=OptimizerSpec("adam", lr=0.001),

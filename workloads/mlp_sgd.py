@@ -36,18 +36,33 @@ def make_data(seed: int):
     return make_data_as(seed, torch.float64)
 
 
-class RawMLP(nn.Module):
-    def __init__(self):
+class OneHiddenLayer(nn.Module):
+    """5 -> 128 -> activation -> 1: the network of both "from raw" methods."""
+
+    def __init__(self, activation=torch.relu):
         super().__init__()
         self.fc1 = nn.Linear(5, HIDDEN)
         self.fc2 = nn.Linear(HIDDEN, 1)
+        self.activation = activation
 
     def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(x)))
+        return self.fc2(self.activation(self.fc1(x)))
 
 
-def build_sequential() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(5, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+def one_hidden_layer_sequential(activation: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(5, HIDDEN), activation, nn.Linear(HIDDEN, 1))
+
+
+def one_hidden_layer_raw(activation):
+    """The notes' method-1 forward, ``act(x.mm(weights1) + biases1).mm(weights2) + biases2``
+    (weights kept in nn.Linear's (out, in) layout, hence the ``.t()``)."""
+
+    def raw_forward(params, x):
+        weights1, biases1, weights2, biases2 = params
+        hidden = activation(x.mm(weights1.t()) + biases1)
+        return hidden.mm(weights2.t()) + biases2
+
+    return raw_forward
 
 
 def randn_init(model: nn.Module) -> None:
@@ -57,21 +72,15 @@ def randn_init(model: nn.Module) -> None:
             p.copy_(torch.randn_like(p))
 
 
-def raw_forward(params, x):
-    weights1, biases1, weights2, biases2 = params
-    hidden = torch.relu(x.mm(weights1.t()) + biases1)
-    return hidden.mm(weights2.t()) + biases2
-
-
 WORKLOAD = register_workload(
     Workload(
         name="mlp_sgd",
         summary="5-128-1 ReLU MLP, randn init, float64; MSE; SGD(lr=0.01); full batch",
         data_summary="make_regression(1000 x 5, 5 informative, noise=0.001), split 0.2, standardised, float64",
         make_data=make_data,
-        build_module=RawMLP,
-        build_sequential=build_sequential,
-        raw_forward=raw_forward,
+        build_module=OneHiddenLayer,
+        build_sequential=lambda: one_hidden_layer_sequential(nn.ReLU()),
+        raw_forward=one_hidden_layer_raw(torch.relu),
         raw_loss=raw_mse,
         criterion=nn.MSELoss,
         optimizer=OptimizerSpec("sgd", lr=0.01),

@@ -1,0 +1,128 @@
+"""asv benchmarks of every workload x style x placement of the registries.
+
+* ``Training``: time of one optimizer step and of one epoch in steady state
+  (model rebuilt and warmed up in ``setup``; the device is synchronised inside the
+  timed call), and the peak memory (RSS) of a short training run.
+* ``TrainingGPUMemory``: peak GPU memory of the same run where a CUDA placement runs.
+* ``TrainingQuality`` and ``TimeToTarget``: one run per configuration of the
+  documented schedule (capped at ``benchmarking.QUALITY_STEPS`` steps), made once
+  in ``setup_cache``: final test loss, error (1 - accuracy, or the test MSE),
+  steps to the quality target, and the wall time of a run to that target.
+
+asv treats lower as better: every tracked quantity here is lower-is-better.
+Versions are explicit so that refactoring the code does not orphan the history:
+bump one only when the meaning of its numbers changes.
+"""
+
+import math
+
+from workloads import benchmarking
+
+from .common import GRID, GRID_NAMES, Benchmark, skip_unavailable
+
+
+class Training(Benchmark):
+    """One step, one epoch, and the peak memory of a run, for one configuration."""
+
+    version = "1"
+    params = GRID
+    param_names = GRID_NAMES
+
+    def setup(self, workload, style, placement):
+        self.prepared = skip_unavailable(benchmarking.prepare, workload, style, placement)
+
+    def time_step(self, workload, style, placement):
+        self.prepared.step()
+
+    def time_epoch(self, workload, style, placement):
+        self.prepared.epoch()
+
+    # An epoch is up to 1000 steps (seconds with the DataLoader): fewer samples.
+    time_epoch.repeat = (3, 10, 10.0)
+
+    def peakmem_train(self, workload, style, placement):
+        benchmarking.training_run(workload, style, placement, benchmarking.PEAKMEM_STEPS)
+
+
+class TrainingGPUMemory(Benchmark):
+    """Peak GPU memory (bytes allocated, all devices) of a short run, where CUDA runs."""
+
+    version = "1"
+    params = GRID
+    param_names = GRID_NAMES
+
+    def setup(self, workload, style, placement):
+        # Checks only: placement availability, and that it runs on CUDA at all.
+        skip_unavailable(benchmarking.gpu_config, workload, style, placement)
+
+    def track_peak_gpu_memory(self, workload, style, placement):
+        return benchmarking.peak_gpu_memory(workload, style, placement)
+
+    track_peak_gpu_memory.unit = "bytes"
+
+
+class _QualityRuns(Benchmark):
+    """One capped documented run per available configuration, shared by the classes below.
+
+    asv keys ``setup_cache`` by where it is defined, so the runs are made once for
+    both subclasses.
+    """
+
+    def setup_cache(self):
+        return benchmarking.quality_records()
+
+    setup_cache.timeout = 3600.0
+
+    def setup(self, records, workload, style, placement):
+        record = records[(workload, style, placement)]
+        if isinstance(record, str):
+            raise NotImplementedError(record)
+        self.record = record
+
+
+class TrainingQuality(_QualityRuns):
+    """Quality at the end of the (capped) documented schedule."""
+
+    version = "1"
+    params = GRID
+    param_names = GRID_NAMES
+
+    def track_test_loss(self, records, workload, style, placement):
+        return self.record["test_loss"]
+
+    track_test_loss.unit = "loss"
+
+    def track_test_error(self, records, workload, style, placement):
+        return benchmarking.error_value(self.record)
+
+    track_test_error.unit = "1-accuracy or MSE"
+
+
+class TimeToTarget(_QualityRuns):
+    """Steps to the workload's quality target, and the wall time of a run to it."""
+
+    version = "1"
+    params = GRID
+    param_names = GRID_NAMES
+    repeat = (1, 3, 30.0)
+    rounds = 1
+
+    def setup(self, records, workload, style, placement):
+        _QualityRuns.setup(self, records, workload, style, placement)
+        target = self.record["target"]
+        if not math.isfinite(target):
+            raise NotImplementedError(f"{workload} has no quality target registered yet")
+        if not self.record["reached_target"]:
+            raise NotImplementedError(
+                f"{workload}: {self.record['metric']} target {target:g} not reached within "
+                f"{self.record['steps']} steps"
+            )
+        self.config = skip_unavailable(benchmarking.target_config, workload, style, placement)
+
+    def time_to_target(self, records, workload, style, placement):
+        benchmarking.run_to_target(self.config)
+
+    def track_steps_to_target(self, records, workload, style, placement):
+        return self.record["steps_to_target"]
+
+    track_steps_to_target.unit = "steps"

@@ -1,0 +1,155 @@
+"""The asv suite runs: every benchmark body of benchmarks/ once, untimed, and asv's own check.
+
+``asv check`` only checks signatures; this calls ``setup`` and every ``time_`` /
+``peakmem_`` / ``track_`` method of every class, for one available parameter
+combination per class (the quality runs capped at a few steps), and checks that
+every unavailable placement is skipped by ``setup`` raising ``NotImplementedError``
+with its reason.  The full grid is timed by ``asv run`` (README, "Benchmarking").
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import workloads
+from workloads import benchmarking as B
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, scaling, tensor_ops, training  # noqa: E402
+
+PREFIXES = ("time_", "peakmem_", "track_")
+TRAINING_CLASSES = [
+    training.Training,
+    training.TrainingGPUMemory,
+    training.TrainingQuality,
+    training.TimeToTarget,
+]
+SCALING_CLASSES = [scaling.ScalingRows, scaling.ScalingBatchSize, scaling.ScalingHidden]
+TENSOR_CLASSES = [
+    getattr(tensor_ops, name) for name in dir(tensor_ops)
+    if isinstance(getattr(tensor_ops, name), type) and getattr(getattr(tensor_ops, name), "params", None)
+]
+
+
+def _methods(cls):
+    return [name for name in dir(cls) if name.startswith(PREFIXES)]
+
+
+def _call(cls, params, cache=None):
+    """What asv does for one parameter combination: setup, then each method (setup again before each)."""
+    args = (cache, *params) if cache is not None else params
+    outcome = {}
+    for name in _methods(cls):
+        bench = cls()
+        try:
+            bench.setup(*args)
+        except NotImplementedError as why:
+            return {"skipped": str(why)}
+        outcome[name] = getattr(bench, name)(*args)
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def quality_cache():
+    return B.quality_records(steps=12)
+
+
+def test_params_come_from_the_registries():
+    assert common.WORKLOADS == workloads.WORKLOADS.names()
+    assert common.STYLES == workloads.STYLES.names()
+    assert common.PLACEMENTS == workloads.PLACEMENTS.names()
+    for cls in TRAINING_CLASSES:
+        assert cls.params == [common.WORKLOADS, common.STYLES, common.PLACEMENTS]
+        assert cls.version  # explicit: refactoring the code keeps the history
+    for cls in SCALING_CLASSES:
+        assert cls.params[0] == B.scaling_workloads() and cls.version
+        assert {"classification", "mlp_sgd", "mlp_adam"} <= set(cls.params[0])
+
+
+def test_timing_policy_is_pinned():
+    for cls in TRAINING_CLASSES + SCALING_CLASSES:
+        assert cls.number == 1 and cls.warmup_time == 0.0  # state mutates: one call per sample
+    B.prepare("regression", "raw", "cpu")
+    assert B.THREADS == 1
+    import torch
+
+    assert torch.get_num_threads() == B.THREADS
+
+
+@pytest.mark.parametrize("cls", [training.Training, training.TrainingGPUMemory], ids=lambda c: c.__name__)
+def test_training_classes_run_or_skip_with_reason(cls):
+    ran = 0
+    for placement in common.PLACEMENTS:
+        try:
+            workloads.configure("regression", "module", placement)
+            available = True
+        except workloads.Unavailable:
+            available = False
+        outcome = _call(cls, ("regression", "module", placement))
+        if "skipped" in outcome:
+            assert outcome["skipped"], "a skip carries its reason"
+            if cls is training.Training:
+                assert not available, f"{placement} is available but was skipped: {outcome}"
+        else:
+            ran += 1
+            for name, value in outcome.items():
+                if name.startswith("track_"):
+                    assert value > 0
+    if cls is training.Training:
+        assert ran >= 1  # at least the CPU
+
+
+def test_quality_classes_run_or_skip_with_reason(quality_cache):
+    assert set(quality_cache) == set(B.grid())
+    for key, record in quality_cache.items():
+        outcome = _call(training.TrainingQuality, key, quality_cache)
+        if isinstance(record, str):
+            assert outcome == {"skipped": record}
+            continue
+        assert math.isfinite(outcome["track_test_loss"]) and outcome["track_test_loss"] >= 0
+        assert outcome["track_test_error"] == B.error_value(record) >= 0
+        outcome = _call(training.TimeToTarget, key, quality_cache)
+        if not math.isfinite(record["target"]) or not record["reached_target"]:
+            assert "skipped" in outcome and outcome["skipped"]
+        else:
+            assert outcome["track_steps_to_target"] == record["steps_to_target"]
+
+
+@pytest.mark.parametrize("cls", SCALING_CLASSES, ids=lambda c: c.__name__)
+def test_scaling_classes_run(cls):
+    for params in itertools.product(*cls.params):
+        if params[1] == max(cls.params[1]) and params[0] != cls.params[0][0]:
+            continue  # the largest size once is enough for a smoke test
+        outcome = _call(cls, params)
+        assert "skipped" not in outcome, outcome
+
+
+@pytest.mark.parametrize("cls", TENSOR_CLASSES, ids=lambda c: c.__name__)
+def test_tensor_ops_run(cls):
+    for params in itertools.product(*cls.params):
+        assert "skipped" not in _call(cls, params)
+
+
+def _asv():
+    exe = shutil.which("asv", path=os.path.dirname(sys.executable)) or shutil.which("asv")
+    if exe is None:
+        pytest.skip("asv is not installed")
+    return exe
+
+
+def test_asv_check_passes():
+    done = subprocess.run(
+        [_asv(), "check", "--python=same"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No problems found" in done.stdout + done.stderr

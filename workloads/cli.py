@@ -2,6 +2,10 @@
 
 ``torchloops list`` and ``torchloops run``.  Bad input ends with one line on
 stderr naming what is valid and exit status 2, before anything runs or is written.
+
+``run --device ddp --nproc N`` starts N ranks of this same command with
+``torchrun --standalone`` (see :func:`workloads.distributed.launch`); each rank
+is ``run --device ddp`` under torchrun, and rank 0 alone prints and writes.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence
 
-from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, configure, run
+from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, configure, distributed, run
 
 PROG = "torchloops"
 
@@ -65,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_number(int))
     r.add_argument("--threads", type=_number(int), default=1, help="torch.set_num_threads (default 1)")
     r.add_argument("--until-target", action="store_true", help="stop each run at its quality target")
+    r.add_argument("--nproc", type=_number(int), metavar="N",
+                   help="with --device ddp: start N ranks on this machine (torchrun --standalone)")
     r.add_argument("--json", metavar="PATH", help="write the list of result records here")
+    r.add_argument("--step-losses", action="store_true",
+                   help="keep every step's training loss (of the global batch) in the JSON records")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -98,8 +106,11 @@ def _row(record: dict) -> List[str]:
     if record["dead_classes"]:
         notes.append(f"dead class {','.join(map(str, record['dead_classes']))} (never predicted)")
     reached = f"step {record['steps_to_target']}" if record["reached_target"] else "not reached"
+    device = record["device"]
+    if record.get("backend"):
+        device += f" {record['world_size']}x{record['backend']}"
     return [
-        record["workload"], record["style"], record["device"], str(record["steps"]),
+        record["workload"], record["style"], device, str(record["steps"]),
         f"{record['final_train_loss']:.5g}", f"{record['test_loss']:.5g}",
         f"{record['metric']}={record['metric_value']:.4g}", f"{arrow} {record['target']:g}",
         reached, _seconds(record["time_to_target_s"]), _seconds(record["step_time_median_s"]),
@@ -153,18 +164,89 @@ def cmd_list(_args) -> int:
     rows = []
     for p in PLACEMENTS.entries.values():
         avail = p.availability()
-        rows.append([p.name, "available" if avail.ok else "unavailable", p.description if avail.ok else avail.reason])
+        if avail.ok:
+            here = "available"
+        elif hasattr(p, "launch_availability") and p.launch_availability(None).ok:
+            here = "via torchrun"  # not in this process, but `run --device ddp --nproc N` starts it
+        else:
+            here = "unavailable"
+        rows.append([p.name, here, p.description if avail.ok else avail.reason])
     print(format_table(("placement", "here", "what it is / why not"), rows))
+    return 0
+
+
+def _check_ddp_arguments(args) -> bool:
+    """Whether this process is a ddp rank; bad combinations of --device/--nproc are usage errors."""
+    rank_mode = args.device == "ddp" and distributed.launched_by_torchrun()
+    if args.nproc is not None and args.device != "ddp":
+        raise UsageError(f"--nproc starts ddp ranks; it does not apply to --device {args.device}")
+    if rank_mode and args.nproc is not None:
+        raise UsageError(
+            f"this process is already rank {distributed.rank()} of {distributed.world_size()} "
+            "started by torchrun; leave --nproc out"
+        )
+    if args.device == "ddp" and not rank_mode and args.nproc is None:
+        raise UsageError(
+            "--device ddp runs one process per rank: add --nproc N to start N ranks here, "
+            "or start this command with torchrun (see `torchloops list`)"
+        )
+    return rank_mode
+
+
+def _rank_argv(args, json_path: str) -> List[str]:
+    """This command as each rank runs it under torchrun (no --nproc; results to json_path)."""
+    argv = ["run", args.workload, "--style", args.style, "--device", "ddp", "--seed", str(args.seed),
+            "--threads", str(args.threads), "--json", json_path]
+    for flag, value in (("--epochs", args.epochs), ("--steps", args.steps), ("--lr", args.lr),
+                        ("--batch-size", args.batch_size)):
+        if value is not None:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    for flag, on in (("--until-target", args.until_target), ("--quiet", args.quiet),
+                     ("--step-losses", args.step_losses)):
+        if on:
+            argv.append(flag)
+    return argv
+
+
+def _launch_ranks(args) -> int:
+    """Start the ranks with torchrun --standalone; report every failed rank in one line."""
+    if args.json:
+        json_path, scratch = os.path.abspath(args.json), None
+    else:  # rank 0 hands its records back through a scratch file (to see divergence)
+        fd, scratch = tempfile.mkstemp(prefix="torchloops-ddp-", suffix=".json")
+        os.close(fd)
+        json_path = scratch
+    try:
+        status, failure = distributed.launch(
+            args.nproc, ["-m", "workloads", *_rank_argv(args, json_path)], threads=args.threads
+        )
+        if status:
+            print(f"{PROG}: error: ddp run with {args.nproc} ranks failed: {failure}", file=sys.stderr)
+            return status
+        with open(json_path) as handle:
+            records = json.load(handle)
+    finally:
+        if scratch is not None and os.path.exists(scratch):
+            os.unlink(scratch)
+    return _diverged_status(records)
+
+
+def _diverged_status(records) -> int:
+    diverged = [r for r in records if r["diverged"]]
+    if diverged:
+        print(f"{PROG}: {len(diverged)} run(s) diverged (non-finite loss)", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_run(args) -> int:
     if args.json:
         _check_json_path(args.json)
+    rank_mode = _check_ddp_arguments(args)
     names = WORKLOADS.names() if args.workload == "all" else [args.workload]
     styles = STYLES.names() if args.style == "all" else [args.style]
     overrides = dict(epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                     threads=args.threads, until_target=args.until_target)
+                     threads=args.threads, until_target=args.until_target, nproc=args.nproc)
     # Check every combination before training anything: bad input never costs a run.
     planned = []
     for name in names:
@@ -173,31 +255,44 @@ def cmd_run(args) -> int:
                 planned.append((name, style, configure(name, style, args.device, args.seed, **overrides), None))
             except Unavailable as why:
                 planned.append((name, style, None, str(why)))
+    if args.nproc is not None and any(config is not None for _, _, config, _ in planned):
+        return _launch_ranks(args)
+    if rank_mode:
+        try:
+            return _run_planned(args, planned, rank_mode)
+        finally:
+            distributed.shutdown()
+    return _run_planned(args, planned, rank_mode)
+
+
+def _run_planned(args, planned, rank_mode: bool) -> int:
+    """Train every planned run in this process (a ddp rank: its part); the main process reports."""
+    main_process = not rank_mode or distributed.rank() == 0
     records, rows = [], []
     for name, style, config, skipped in planned:
         if config is None:
             rows.append([name, style, args.device] + ["-"] * 9 + [f"skipped: {skipped}"])
             continue
-        bar = _progress_bar(args.quiet, f"{name}/{style}")
+        bar = _progress_bar(args.quiet or not main_process, f"{name}/{style}")
         if bar is not None:
             bar.reset(total=config.total_steps)
         progress = (lambda step, total: bar.update(step - bar.n)) if bar is not None else None
         try:
-            result = run(config, progress=progress)
+            result = run(config, progress=progress, record_step_losses=args.step_losses)
         finally:
             if bar is not None:
                 bar.close()
         record = result.to_dict()
         records.append(record)
         rows.append(_row(record))
-    print(format_table(RUN_HEADERS, rows))
+    if not main_process:
+        return 0
+    print(format_table(RUN_HEADERS, rows), flush=True)
     if args.json:
         write_json_atomic(args.json, records)
-    diverged = [r for r in records if r["diverged"]]
-    if diverged:
-        print(f"{PROG}: {len(diverged)} run(s) diverged (non-finite loss)", file=sys.stderr)
-        return 1
-    return 0
+    if rank_mode and distributed.launched_by_torchloops():
+        return 0  # the launching process reads the records and reports divergence
+    return _diverged_status(records)
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run}
@@ -208,11 +303,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{_who()}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _who() -> str:
+    """The program's name, and the rank when torchrun started this process (each rank reports)."""
+    if distributed.launched_by_torchrun():
+        return f"{PROG} (rank {distributed.rank()} of {distributed.world_size()})"
+    return PROG
 
 
 def entry_point() -> None:

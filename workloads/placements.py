@@ -1,18 +1,22 @@
 """Where a workload runs: availability (with the reason when not), device, wrap, sync.
 
 A placement never knows a workload by name; it only moves tensors, wraps a model
-and synchronises the device around timed regions.
+and synchronises the device around timed regions.  ``ddp`` also shards each
+global batch over the ranks and lends the styles its rank-aware trainers (see
+:mod:`workloads.distributed`); the single-process placements leave both as they are.
 """
 
 from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Callable
+from collections import OrderedDict
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
 
+from . import distributed
 from .registry import Availability, Table
 
 PLACEMENTS = Table("placement")
@@ -24,6 +28,33 @@ def _cuda_availability() -> Availability:
     if not torch.cuda.is_available():
         return Availability(False, "no CUDA device visible (torch.cuda.is_available() is False)")
     return Availability(True)
+
+
+def _ddp_availability() -> Availability:
+    problem = distributed.backend_problem()
+    if problem:
+        return Availability(False, problem)
+    if not (distributed.launched_by_torchrun() or distributed.is_initialized()):
+        return Availability(
+            False,
+            f"runs as one process per rank under torchrun (backend {distributed.backend_name()} here), "
+            "not in this single process: start it with `torchloops run WORKLOAD --device ddp --nproc N`, "
+            "or `torchrun --nproc-per-node N -m workloads run WORKLOAD --device ddp`",
+        )
+    if distributed.use_cuda() and distributed.local_rank() >= torch.cuda.device_count():
+        return Availability(
+            False,
+            f"local rank {distributed.local_rank()} has no GPU of its own "
+            f"({torch.cuda.device_count()} visible; nccl needs one GPU per rank)",
+        )
+    return Availability(True)
+
+
+def unwrap_state_dict(state: Dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """A state_dict saved from an ``nn.DataParallel`` or ``DistributedDataParallel`` model
+    (keys ``module.<name>``) as the plain model's (``<name>``): loads with ``load_state_dict``."""
+    prefix = "module."
+    return OrderedDict((k[len(prefix):] if k.startswith(prefix) else k, v) for k, v in state.items())
 
 
 def _dataparallel_availability() -> Availability:
@@ -69,6 +100,97 @@ class Placement:
             return names[0] if not self.wraps_module else f"{len(names)}x {names[0]}"
         return platform.processor() or platform.machine() or "cpu"
 
+    # --- what a multi-process placement changes; one process: nothing -----------------------
+
+    def world_size(self) -> int:
+        return 1
+
+    def backend(self) -> Optional[str]:
+        return None
+
+    def is_main(self) -> bool:
+        """True in the process that reports (every single-process run; rank 0 of ddp)."""
+        return True
+
+    def setup(self) -> None:
+        """Prepare the process before a run is built (ddp: join the process group)."""
+
+    def trainer_class(self, cls):
+        """The trainer class a style builds here (``RawTrainer`` or ``ModuleTrainer`` as is)."""
+        return cls
+
+    def batcher(self, make_batcher, split, plan):
+        """The style's batcher over the rows this process trains on: the whole plan here."""
+        return make_batcher(split, plan)
+
+    def agree(self, flag: bool) -> bool:
+        """Whether to stop training: the same answer in every process."""
+        return flag
+
+    def reduce_step_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        """Per-step losses of the global batch (ddp: the sum of the ranks' weighted shard losses)."""
+        return losses
+
+    def reset_peak_memory(self) -> None:
+        if self.device().type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device())
+
+    def peak_memory_bytes(self) -> Optional[int]:
+        """Peak memory allocated by torch on this placement's (first) GPU; None off CUDA."""
+        if self.device().type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device()))
+        return None
+
+
+@dataclass(frozen=True)
+class DistributedPlacement(Placement):
+    """``DistributedDataParallel``, one process per rank under torchrun: gloo on CPU, nccl on
+    CUDA (``cuda:LOCAL_RANK``).  The raw style applies: it averages gradients itself."""
+
+    def launch_availability(self, nproc: int) -> Availability:
+        """Whether ``torchloops run --device ddp --nproc N`` can start its ranks here."""
+        problem = distributed.backend_problem()
+        if problem:
+            return Availability(False, problem)
+        return Availability(True)
+
+    def device(self) -> torch.device:
+        return distributed.device()
+
+    def sync(self) -> None:
+        if distributed.use_cuda():
+            torch.cuda.synchronize(self.device())
+
+    def device_name(self) -> str:
+        return distributed.device_name()
+
+    def world_size(self) -> int:
+        return distributed.world_size()
+
+    def backend(self) -> Optional[str]:
+        return distributed.backend_name()
+
+    def is_main(self) -> bool:
+        return distributed.rank() == 0
+
+    def setup(self) -> None:
+        distributed.ensure_process_group()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return distributed.wrap(model)
+
+    def trainer_class(self, cls):
+        return distributed.SHARDED_TRAINERS[cls]
+
+    def batcher(self, make_batcher, split, plan):
+        return distributed.ShardedBatcher(make_batcher, split, plan, distributed.rank(), distributed.world_size())
+
+    def agree(self, flag: bool) -> bool:
+        return distributed.agree(flag)
+
+    def reduce_step_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_sum(losses.clone())
+
 
 PLACEMENTS.register(
     Placement("cpu", "one process, CPU tensors", "cpu", lambda: Availability(True))
@@ -83,5 +205,13 @@ PLACEMENTS.register(
         "cuda",
         _dataparallel_availability,
         wraps_module=True,
+    )
+)
+PLACEMENTS.register(
+    DistributedPlacement(
+        "ddp",
+        "DistributedDataParallel, one process per rank started by torchrun (gloo on CPU, nccl on CUDA)",
+        "cuda" if distributed.use_cuda() else "cpu",  # each rank: cuda:LOCAL_RANK, or the CPU
+        _ddp_availability,
     )
 )

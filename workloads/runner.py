@@ -92,6 +92,7 @@ class RunResult:
     confusion_matrix: Optional[List[List[int]]] = None
     history: List[dict] = field(default_factory=list)
     step_losses: Optional[List[float]] = None
+    peak_gpu_memory_bytes: Optional[int] = None  # torch.cuda.max_memory_allocated; None off CUDA
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,11 +123,14 @@ def configure(
     threads: int = 1,
     until_target: bool = False,
     eval_every: Optional[int] = None,
+    nproc: Optional[int] = None,
 ) -> RunConfig:
     """Check every input and resolve the documented defaults.
 
     Raises :class:`UsageError` for bad input and :class:`Unavailable` for a
-    placement that cannot run this here.
+    placement that cannot run this here.  ``nproc`` is for the process that
+    launches ``ddp`` ranks: it checks the run as each of ``nproc`` ranks will
+    configure it (a rank itself leaves it out and reads torchrun's world size).
     """
     wl = get_workload(workload)
     st = STYLES.get(style)
@@ -140,6 +144,11 @@ def configure(
         _positive_int("steps", steps)
     if eval_every is not None:
         _positive_int("eval-every", eval_every)
+    launching = nproc is not None
+    if launching:
+        _positive_int("nproc", nproc)
+        if not hasattr(placement, "launch_availability"):
+            raise UsageError(f"--nproc starts ddp ranks; it does not apply to --device {placement.name}")
     split = wl.make_data(seed)
     if batch_size is None:
         batch_size = wl.batch_size
@@ -150,9 +159,13 @@ def configure(
                 f"--batch-size {batch_size} is larger than {wl.name}'s {split.n_train} training rows; "
                 f"valid: 1 to {split.n_train}"
             )
-    for check in (placement.availability(), placement.applies_to(st)):
+    available = placement.launch_availability(nproc) if launching else placement.availability()
+    for check in (available, placement.applies_to(st)):
         if not check.ok:
             raise Unavailable(check.reason)
+    world = nproc if launching else placement.world_size()
+    if world > 1:
+        _check_shardable(wl, split.n_train, batch_size, world, launching)
     per_epoch = steps_per_epoch(split.n_train, batch_size, wl.steps_per_epoch)
     total = epochs * per_epoch if steps is None else min(steps, epochs * per_epoch)
     return RunConfig(
@@ -170,6 +183,24 @@ def configure(
         eval_every=eval_every or wl.eval_every or per_epoch,
         split=split,
     )
+
+
+def _check_shardable(wl: Workload, n_train: int, batch_size: Optional[int], world: int, launching: bool) -> None:
+    """Every rank needs at least one row of every global batch (and, on CUDA, a GPU)."""
+    from .distributed import smallest_batch, use_cuda
+
+    if launching and use_cuda() and world > torch.cuda.device_count():
+        raise UsageError(
+            f"--nproc {world}: ddp on CUDA runs one rank per GPU and {torch.cuda.device_count()} "
+            f"are visible; valid: 1 to {torch.cuda.device_count()}"
+        )
+    smallest = smallest_batch(n_train, batch_size)
+    if smallest < world:
+        batch = "full batch" if batch_size is None else f"batch size {batch_size}"
+        raise UsageError(
+            f"{wl.name} with {batch} over {n_train} training rows has a batch of {smallest} row(s), "
+            f"fewer than the {world} ranks: every rank needs at least one row of each batch"
+        )
 
 
 def initial_parameters(workload: Workload, seed: int) -> "OrderedDict[str, torch.Tensor]":
@@ -209,6 +240,7 @@ def _class_report(outputs, split: Split):
 
 def build(config: RunConfig):
     """Trainer and batcher of a configured run, on its device (untimed)."""
+    config.placement.setup()
     split = config.split.to(config.placement.device())
     params = initial_parameters(config.workload, config.seed)
     trainer = config.style.make_trainer(config.workload, params, config.placement, config.optimizer)
@@ -221,7 +253,7 @@ def build(config: RunConfig):
         config.total_steps,
         config.seed,
     )
-    return trainer, config.style.make_batcher(split, plan), plan, split
+    return trainer, config.placement.batcher(config.style.make_batcher, split, plan), plan, split
 
 
 def run(
@@ -241,6 +273,7 @@ def run(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
+        placement.reset_peak_memory()
         trainer, batcher, plan, split = build(config)
         step_times: List[float] = []
         losses: List[torch.Tensor] = []
@@ -249,10 +282,11 @@ def run(
         steps_to_target = time_to_target = None
         diverged = False
         last = None
+        placement.sync()  # the data and model copies to the device are not the first step's time
         for epoch_index in range(len(plan)):
             clock = time.perf_counter()
-            for xb, yb in batcher.epoch(epoch_index):
-                loss = trainer.step(xb, yb)
+            for batch in batcher.epoch(epoch_index):
+                loss = trainer.step(*batch)
                 placement.sync()
                 now = time.perf_counter()
                 step_times.append(now - clock)
@@ -279,7 +313,8 @@ def run(
                     diverged = True
                 if steps_to_target is None and wl.metric.reached(last["metric_value"], wl.target):
                     steps_to_target, time_to_target = step, elapsed
-                if diverged or (config.until_target and steps_to_target is not None):
+                # ddp: every rank evaluates its identical replica; all of them stop together
+                if placement.agree(diverged or (config.until_target and steps_to_target is not None)):
                     break
                 clock = time.perf_counter()
             else:
@@ -287,6 +322,10 @@ def run(
             break
         if trainer_hook is not None:
             trainer_hook(trainer)
+        step_losses = None
+        if record_step_losses:
+            step_losses = placement.reduce_step_losses(torch.stack(losses)).double().cpu().tolist()
+        peak_memory = placement.peak_memory_bytes()
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -301,8 +340,8 @@ def run(
         seed=config.seed,
         threads=config.threads,
         torch_version=torch.__version__,
-        world_size=1,
-        backend=None,
+        world_size=placement.world_size(),
+        backend=placement.backend(),
         dtype=str(wl.dtype).replace("torch.", ""),
         optimizer=config.optimizer.describe(),
         lr=config.lr,
@@ -325,5 +364,6 @@ def run(
         dead_classes=dead,
         confusion_matrix=matrix,
         history=history,
-        step_losses=torch.stack(losses).double().cpu().tolist() if record_step_losses else None,
+        step_losses=step_losses,
+        peak_gpu_memory_bytes=peak_memory,
     )

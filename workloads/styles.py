@@ -128,11 +128,16 @@ class Style:
     uses_module: bool
 
 
+def _raw_trainer(workload: Workload, params: Params, placement, spec: OptimizerSpec) -> RawTrainer:
+    # The placement may lend a rank-aware subclass (ddp); single-process placements: RawTrainer.
+    return placement.trainer_class(RawTrainer)(workload, params, placement, spec)
+
+
 def _module_trainer(build: Callable[[Workload], nn.Module]) -> Callable:
     def make(workload: Workload, params: Params, placement, spec: OptimizerSpec) -> ModuleTrainer:
         first = next(iter(params.values()))
         model = load_parameters(build(workload).to(first.dtype), params).to(placement.device())
-        return ModuleTrainer(model, workload, params, placement, spec)
+        return placement.trainer_class(ModuleTrainer)(model, workload, params, placement, spec)
 
     return make
 
@@ -141,7 +146,7 @@ STYLES.register(
     Style(
         "raw",
         "plain tensors, hand-written forward, loss and update; manual slicing",
-        RawTrainer,
+        _raw_trainer,
         SliceBatcher,
         uses_module=False,
     )

@@ -1,0 +1,315 @@
+"""DistributedDataParallel: one process per rank, started by ``torchrun``.
+
+What a rank does differently from the single-process run, and nothing else:
+
+* **process group**: ``init_process_group`` from torchrun's environment
+  (``env://``), gloo on CPU, nccl on CUDA (one GPU per local rank);
+* **sharding**: every rank follows the one batch plan of :mod:`workloads.data`
+  and takes its contiguous share of each *global* batch (``tensor_split``
+  sizes: the first ``n % W`` ranks get one row more; the same rule for manual
+  slicing and for the DataLoader's batch sampler), so that the union of the
+  shards is the single-process batch;
+* **loss weighting**: a shard of ``n_r`` rows of a global batch of ``N`` has the
+  share ``n_r / N``.  The global-batch mean gradient is ``sum_r share_r * g_r``
+  (``g_r`` the shard-mean gradient): DDP averages gradients over the ``W`` ranks,
+  so the nn styles back-propagate ``loss_r * share_r * W``; the ``raw`` style
+  back-propagates ``loss_r * share_r`` and sums the gradients itself with one
+  ``all_reduce`` (the shard-size-weighted average), then runs its hand-written
+  update.  With equal shards both are the plain average of the rank gradients;
+* **the recorded loss** of a step is the global-batch loss
+  ``sum_r share_r * loss_r``: each rank keeps its weighted shard losses and one
+  ``all_reduce`` after training sums them (no extra collective inside a step);
+* **evaluation** runs on every rank's identical replica; rank 0 reports, and the
+  decision to stop (target reached, divergence) is agreed by all ranks.
+
+:func:`launch` is ``torchrun --standalone --nproc-per-node N`` run in this
+process (``torch.distributed.run``, so the rendezvous port is chosen by the OS
+and concurrent runs never collide), with every failed rank reported.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import platform
+import signal
+import sys
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .data import BatchEntry, Split
+from .styles import ModuleTrainer, RawTrainer
+
+ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("TORCHLOOPS_DDP_TIMEOUT_S", "600")))
+# Set for the ranks of `torchloops run ... --nproc N`: the launching process reports for them.
+LAUNCHED_ENV = "TORCHLOOPS_LAUNCHED"
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+# --- where are we ----------------------------------------------------------------------------
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a process that torchrun (or any ``env://`` launcher) started as a rank."""
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def launched_by_torchloops() -> bool:
+    return os.environ.get(LAUNCHED_ENV) == "1"
+
+
+def use_cuda() -> bool:
+    return torch.version.cuda is not None and torch.cuda.is_available()
+
+
+def backend_name() -> str:
+    """The documented backend of this machine: nccl on CUDA, gloo on CPU."""
+    return "nccl" if use_cuda() else "gloo"
+
+
+def backend_problem() -> Optional[str]:
+    """Why torch.distributed cannot run here at all (None when it can)."""
+    dist = _dist()
+    if not dist.is_available():
+        return f"this torch build ({torch.__version__}) has no torch.distributed"
+    backend = backend_name()
+    if backend == "nccl" and not dist.is_nccl_available():
+        return f"CUDA is visible but this torch build ({torch.__version__}) has no NCCL backend"
+    if backend == "gloo" and not dist.is_gloo_available():
+        return f"this torch build ({torch.__version__}) has no gloo backend"
+    return None
+
+
+def is_initialized() -> bool:
+    dist = _dist()
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    if is_initialized():
+        return _dist().get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    if is_initialized():
+        return _dist().get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def device() -> torch.device:
+    return torch.device(f"cuda:{local_rank()}") if use_cuda() else torch.device("cpu")
+
+
+def device_name() -> str:
+    if use_cuda():
+        return torch.cuda.get_device_name(device())
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def ensure_process_group() -> None:
+    """Join torchrun's process group once per process (later runs reuse it)."""
+    if is_initialized():
+        return
+    dist = _dist()
+    if use_cuda():
+        torch.cuda.set_device(device())
+        dist.init_process_group("nccl", timeout=TIMEOUT, device_id=device())
+    else:
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+
+
+def shutdown() -> None:
+    if is_initialized():
+        _dist().destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    _dist().all_reduce(tensor)
+    return tensor
+
+
+def agree(flag: bool) -> bool:
+    """True on every rank when it is true on any: ranks stop training together."""
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device())
+    _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
+    return bool(t.item())
+
+
+# --- sharding --------------------------------------------------------------------------------
+
+
+def shard_sizes(n: int, world: int) -> List[int]:
+    """``tensor_split`` sizes: the first ``n % world`` ranks take one row more."""
+    base, extra = divmod(n, world)
+    return [base + (1 if r < extra else 0) for r in range(world)]
+
+
+def entry_size(entry: BatchEntry) -> int:
+    return entry.stop - entry.start if isinstance(entry, slice) else int(entry.numel())
+
+
+def shard_entry(entry: BatchEntry, rank_: int, world: int) -> Tuple[BatchEntry, float]:
+    """This rank's contiguous part of one global batch, and its share ``n_r / N``."""
+    n = entry_size(entry)
+    sizes = shard_sizes(n, world)
+    start = sum(sizes[:rank_])
+    size = sizes[rank_]
+    if isinstance(entry, slice):  # stays a slice: manual slicing stays a view
+        part = slice(entry.start + start, entry.start + start + size)
+    else:
+        part = entry[start : start + size]
+    return part, size / n
+
+
+def smallest_batch(n_train: int, batch_size: Optional[int]) -> int:
+    """The fewest rows any step of a plan sees (the short last batch of a pass, if any)."""
+    size = n_train if batch_size is None else min(batch_size, n_train)
+    return n_train % size or size
+
+
+def shard_plan(plan, rank_: int, world: int):
+    """Per epoch: this rank's plan entries, and their shares of the global batches."""
+    local, shares = [], []
+    for epoch in plan:
+        parts = [shard_entry(entry, rank_, world) for entry in epoch]
+        local.append([p for p, _ in parts])
+        shares.append([s for _, s in parts])
+    return local, shares
+
+
+class ShardedBatcher:
+    """A style's own batcher (manual slicing or ``DataLoader``) over this rank's shards,
+    yielding each batch with its share of the global batch."""
+
+    def __init__(self, make_batcher, split: Split, plan, rank_: int, world: int):
+        local, self.shares = shard_plan(plan, rank_, world)
+        self.inner = make_batcher(split, local)
+
+    def epoch(self, index: int) -> Iterator[tuple]:
+        for (xb, yb), share in zip(self.inner.epoch(index), self.shares[index]):
+            yield xb, yb, share
+
+
+# --- trainers --------------------------------------------------------------------------------
+
+
+class ShardedRawTrainer(RawTrainer):
+    """``raw`` under DDP: no wrapper to average gradients, so it does so itself, with one
+    ``all_reduce`` over a flat buffer of all gradients, before its hand-written update."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.numels = [p.numel() for p in self.params]
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, share: float) -> torch.Tensor:
+        loss = self.workload.raw_loss(self.workload.raw_forward(self.params, xb), yb)
+        (loss * share).backward()
+        flat = torch.cat([p.grad.reshape(-1) for p in self.params])
+        _dist().all_reduce(flat)  # sum of share-weighted shard gradients = global-batch mean gradient
+        with torch.no_grad():
+            for p, g in zip(self.params, flat.split(self.numels)):
+                p.grad.copy_(g.view_as(p.grad))
+        self.update()
+        return loss.detach() * share
+
+
+class ShardedModuleTrainer(ModuleTrainer):
+    """The nn styles under DDP: the model wrapped in ``DistributedDataParallel`` (which
+    averages gradients over ranks during ``backward``), the loss weighted by ``share * W``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.world = world_size()
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, share: float) -> torch.Tensor:
+        self.optimizer.zero_grad()
+        loss = self.criterion(self.model(xb), yb)
+        (loss * (share * self.world)).backward()
+        self.optimizer.step()
+        return loss.detach() * share
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        # Evaluation on this rank's replica: no DDP forward (no collective, no reducer state).
+        return self.module(x)
+
+
+SHARDED_TRAINERS = {RawTrainer: ShardedRawTrainer, ModuleTrainer: ShardedModuleTrainer}
+
+
+def wrap(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device().index] if use_cuda() else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+# --- launching -------------------------------------------------------------------------------
+
+
+def torchrun_argv(nproc: int, python_args: Sequence[str]) -> List[str]:
+    """The torchrun arguments of a standalone single-node run of ``python <python_args>``."""
+    if python_args and python_args[0] == "-m":
+        target = ["-m", *python_args[1:]]
+    else:
+        target = ["--no-python", sys.executable, *python_args]
+    return ["--standalone", f"--nproc-per-node={nproc}", *target]
+
+
+def describe_failures(failures: dict) -> str:
+    """One line naming every failed rank and how it ended (first failure first)."""
+    order = sorted(failures, key=lambda r: (failures[r].timestamp, r))
+    parts = []
+    for r in order:
+        code = failures[r].exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with status {code}"
+        parts.append(f"rank {r} {how}")
+    return "; ".join(parts)
+
+
+def launch(nproc: int, python_args: Sequence[str], threads: int = 1) -> Tuple[int, Optional[str]]:
+    """Run ``python <python_args>`` as ``nproc`` ranks with ``torchrun --standalone``.
+
+    Returns ``(status, message)``: ``(0, None)`` when every rank succeeded, else a
+    non-zero status and one line naming every failed rank (each rank writes its own
+    error to stderr itself).
+    """
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    # torchrun sets OMP_NUM_THREADS=1 with a banner when unset; the runner sets threads itself.
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ[LAUNCHED_ENV] = "1"
+    # The agent logs each failure as it sees it; the one-line summary below says it once.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        torchrun.run(torchrun.parse_args(torchrun_argv(nproc, python_args)))
+    except ChildFailedError as error:
+        codes = [f.exitcode for f in error.failures.values()]
+        status = 2 if codes and all(c == 2 for c in codes) else 1
+        return status, describe_failures(error.failures)
+    except SignalException as error:
+        return 128 + int(error.sigval), f"torchrun stopped by {signal.Signals(error.sigval).name}"
+    finally:
+        os.environ.pop(LAUNCHED_ENV, None)
+    return 0, None

@@ -61,7 +61,10 @@ def _call(cls, params, cache=None):
 
 @pytest.fixture(scope="module")
 def quality_cache():
-    return B.quality_records(steps=12)
+    cache = B.quality_records(steps=12)  # too short for any target
+    for style in common.STYLES:  # regression (typical seed) reaches its target at step 360
+        cache[("regression", style, "cpu")] = B.quality_record("regression", style, "cpu", steps=400)
+    return cache
 
 
 def test_params_come_from_the_registries():
@@ -118,11 +121,15 @@ def test_quality_classes_run_or_skip_with_reason(quality_cache):
             continue
         assert math.isfinite(outcome["track_test_loss"]) and outcome["track_test_loss"] >= 0
         assert outcome["track_test_error"] == B.error_value(record) >= 0
-        outcome = _call(training.TimeToTarget, key, quality_cache)
-        if not math.isfinite(record["target"]) or not record["reached_target"]:
-            assert "skipped" in outcome and outcome["skipped"]
-        else:
+        if not math.isfinite(record["target"]):
+            assert _call(training.TimeToTarget, key, quality_cache)["skipped"]
+        elif record["reached_target"]:
+            outcome = _call(training.TimeToTarget, key, quality_cache)
             assert outcome["track_steps_to_target"] == record["steps_to_target"]
+            assert outcome["track_time_to_target"] == record["time_to_target_s"] > 0
+        else:  # not reached: a failure, never a silent skip
+            with pytest.raises(RuntimeError, match="not reached"):
+                _call(training.TimeToTarget, key, quality_cache)
 
 
 @pytest.mark.parametrize("cls", SCALING_CLASSES, ids=lambda c: c.__name__)

@@ -20,8 +20,11 @@ Definitions (the same in both front-ends):
 * **a full run** -- :func:`quality_run` is ``workloads.run`` over the documented
   schedule, capped at ``QUALITY_STEPS`` optimizer steps so that the whole suite
   fits in minutes (the classification dataloader run alone is ~6 minutes
-  uncapped on a 2-core machine); :func:`run_to_target` stops at the workload's
-  quality target, within the same cap.
+  uncapped on a 2-core machine); the cap is above every workload's median
+  steps-to-target (at most 2,737 steps, mlp_adam).  :func:`run_to_target` stops
+  at the workload's quality target, within the same cap.
+* **seed** -- one typical seed per workload (:data:`TYPICAL_SEEDS`), for every
+  benchmark, so that steps-to-target is representative.
 * **skips** -- a placement that cannot run here raises
   :class:`workloads.Unavailable` with the reason; the front-ends turn it into an
   asv skip (``NotImplementedError``) or a pytest skip.  Never an error.
@@ -44,10 +47,14 @@ from .runner import RunConfig, RunResult, Unavailable, build, configure, evaluat
 from .styles import STYLES
 
 THREADS = 1  # torch.set_num_threads for every benchmark, in both front-ends
-SEED = 0
+SEED = 0  # for a workload without a typical seed below
+# One typical seed per workload (steps-to-target near the median of the 25-seed
+# calibration sweep in each workload's target_note; the seeds of tests/test_convergence.py).
+# Seed 0 is not typical everywhere: mlp_sgd seed 0 plateaus at test MSE 0.24 > 0.2.
+TYPICAL_SEEDS = {"classification": 19, "regression": 2, "lenet": 19, "mlp_sgd": 2, "mlp_adam": 18}
 WARMUP_STEPS = 5  # steps run after the build and before timing (steady state)
 TIMING_EPOCHS = 2  # epochs of batch plan a timing build holds (cycled): warm-up, then timed epochs
-QUALITY_STEPS = 5000  # cap on the optimizer steps of a quality / time-to-target run
+QUALITY_STEPS = 4000  # cap on the optimizer steps of a quality / time-to-target run
 PEAKMEM_STEPS = 200  # length of the training run whose peak memory is measured
 
 # Workloads whose cost is scanned over rows, batch size and hidden width: the
@@ -95,12 +102,14 @@ __all__ = [
     "prepare",
     "prepare_scaled",
     "quality_fields",
+    "quality_record",
     "quality_records",
     "quality_run",
     "run_to_target",
     "scaled_config",
     "smoke_target_config",
     "scaling_workloads",
+    "seed_for",
     "target_config",
     "training_run",
 ]
@@ -132,6 +141,10 @@ def grid() -> List[Tuple[str, str, str]]:
     return list(itertools.product(WORKLOADS.names(), STYLES.names(), PLACEMENTS.names()))
 
 
+def seed_for(workload: str) -> int:
+    return TYPICAL_SEEDS.get(workload, SEED)
+
+
 def scaling_workloads() -> List[str]:
     return [name for name in SCALING_WORKLOADS if name in WORKLOADS.entries]
 
@@ -145,7 +158,7 @@ _CONFIGS: dict = {}
 def _configure(workload: str, style: str, placement: str, **overrides) -> RunConfig:
     key = (workload, style, placement, tuple(sorted(overrides.items())))
     if key not in _CONFIGS:
-        _CONFIGS[key] = configure(workload, style, placement, SEED, threads=THREADS, **overrides)
+        _CONFIGS[key] = configure(workload, style, placement, seed_for(workload), threads=THREADS, **overrides)
     return _CONFIGS[key]
 
 
@@ -371,24 +384,21 @@ def quality_fields(result) -> dict:
     return fields
 
 
-def quality_records(steps: Optional[int] = None) -> dict:
-    """:func:`quality_run` of every configuration of :func:`grid`, as plain dicts.
+def quality_record(workload: str, style: str, placement: str, steps: Optional[int] = None):
+    """:func:`quality_run` as a plain dict (no per-evaluation history), or the reason it cannot run here."""
+    try:
+        result = quality_run(workload, style, placement, steps=QUALITY_STEPS if steps is None else steps)
+    except Unavailable as why:
+        return str(why)
+    record = result.to_dict()
+    for bulky in ("history", "step_losses", "confusion_matrix"):
+        record.pop(bulky, None)
+    return record
 
-    ``{(workload, style, placement): record}``, or the reason string where the
-    placement is unavailable.  The per-evaluation history is left out.
-    """
-    records = {}
-    for key in grid():
-        try:
-            result = quality_run(*key, steps=QUALITY_STEPS if steps is None else steps)
-        except Unavailable as why:
-            records[key] = str(why)
-            continue
-        record = result.to_dict()
-        for bulky in ("history", "step_losses", "confusion_matrix"):
-            record.pop(bulky, None)
-        records[key] = record
-    return records
+
+def quality_records(steps: Optional[int] = None) -> dict:
+    """:func:`quality_record` of every configuration of :func:`grid`: ``{(workload, style, placement): record}``."""
+    return {key: quality_record(*key, steps=steps) for key in grid()}
 
 
 def gpu_config(workload: str, style: str, placement: str, steps: int = PEAKMEM_STEPS) -> RunConfig:

@@ -1,0 +1,149 @@
+"""``torchloops compare``: peers, FLOPs, the consistency check, and one cheap end-to-end run.
+
+The end-to-end run is the regression workload alone (every style to its target in
+well under a second each, both peers), so that the whole command -- tables,
+``results.json``, both PNG plots, skipped placements -- is exercised cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+import workloads as W
+from workloads import cli, compare, flops, peers
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _main(argv):
+    """The CLI with compare/converge, whether or not cli.py registers them yet."""
+    if "compare" in cli.COMMANDS:
+        return cli.main(argv)
+    parser = argparse.ArgumentParser(prog="torchloops")
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers = compare.add_commands(sub)
+    try:
+        args = parser.parse_args(argv)
+        return handlers[args.command](args)
+    except SystemExit as exit_:  # argparse's own error exit
+        return exit_.code
+    except W.UsageError:
+        return 2
+
+
+def test_every_workload_has_peers():
+    for name in W.workload_names():
+        assert peers.peers_for(name), name
+
+
+@pytest.mark.parametrize("workload", ["classification", "regression"])
+def test_peers_fit_the_same_split_and_score_with_the_workload_metric(workload):
+    wl = W.get_workload(workload)
+    split = wl.make_data(0)
+    for peer in peers.peers_for(workload):
+        record = peers.fit_peer(wl, peer, split, seed=0)
+        assert record["metric"] == wl.metric.name
+        assert record["reached_target"] == wl.metric.reached(record["metric_value"], wl.target)
+        assert record["fit_time_s"] > 0
+        if wl.metric.is_classification:
+            assert 0.5 < record["metric_value"] <= 1.0
+        else:
+            assert record["metric_value"] < 1e-3  # a linear truth: every peer fits it
+
+
+def test_lenet_peers_see_the_original_digit_pixels():
+    split = W.get_workload("lenet").make_data(0)
+    pixels = peers.FEATURES["lenet"](split.X_train)
+    assert pixels.shape == (split.n_train, 64)
+    # nearest-neighbour upsampling: every 4x4 block of the 32x32 input is one of these pixels
+    block = split.X_train[:, 0, :4, :4].reshape(split.n_train, -1)
+    assert torch.equal(block, block[:, :1].expand_as(block))
+    assert torch.equal(torch.as_tensor(pixels[:, 0]), block[:, 0])
+
+
+def test_flops_per_step_from_layer_shapes():
+    def per_step(name):
+        wl = W.get_workload(name)
+        split = wl.make_data(0)
+        return flops.step_flops(wl, split.X_train, wl.batch_size)
+
+    # 3 x forward; Linear: 2*in*out per row; Conv2d: 2*Cin*k*k*Cout*Hout*Wout per row
+    assert per_step("classification") == 3 * 2 * (10 * 10 + 10 * 3) * 800
+    assert per_step("regression") == 3 * 2 * 5 * 20
+    lenet_row = 2 * 9 * 6 * 30 * 30 + 2 * 6 * 9 * 16 * 13 * 13 + 2 * (576 * 120 + 120 * 84 + 84 * 10)
+    assert per_step("lenet") == pytest.approx(3 * lenet_row * 1437 / 45)  # 45 batches over 1437 rows
+    assert per_step("mlp_adam") == pytest.approx(3 * 2 * (5 * 128 + 128) * 800 / 7)
+
+
+def test_matmul_throughput_is_measured():
+    value = flops.matmul_throughput(torch.float32, threads=1, n=128, repeats=2, min_time=0.01)
+    assert 1e8 < value < 1e13
+
+
+REFERENCE = {
+    "eval_every": 40, "max_steps": 16000,
+    "summary": {"n": 25, "never_reached": 0, "p10": 360, "median": 360, "p90": 400, "max": 400},
+}
+
+
+def _fresh(*steps):
+    return [{"reached": s is not None, "steps_to_target": s, "seed": i} for i, s in enumerate(steps)]
+
+
+def test_consistency_check_is_one_sided_on_both_ends():
+    # band: [360 / 1.25 - 40, 400 * 1.25 + 40] = [248, 540]
+    assert compare.check_consistency(REFERENCE, _fresh(360, 400, 360, 320, 400))["ok"]
+    slower = compare.check_consistency(REFERENCE, _fresh(720, 760, 720, 680, 760))
+    assert not slower["ok"] and not slower["speed_ok"] and "slower" in slower["lines"][1]
+    faster = compare.check_consistency(REFERENCE, _fresh(160, 200, 160, 160, 200))
+    assert not faster["ok"] and "faster" in faster["lines"][1]
+
+
+def test_consistency_check_counts_runs_that_never_reach_the_target():
+    # reference never misses: one miss in five is still plausible (rate 1/27), three are not
+    assert compare.check_consistency(REFERENCE, _fresh(360, None, 400, 360, 400))["ok"]
+    verdict = compare.check_consistency(REFERENCE, _fresh(360, None, None, None, 400))
+    assert verdict["speed_ok"] and not verdict["reliability_ok"] and not verdict["ok"]
+    assert not compare.check_consistency(REFERENCE, _fresh(None, None))["ok"]
+
+
+def test_compare_end_to_end(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert _main(["compare", "regression", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr()
+    assert text.err == ""  # no progress bar when stderr is not a terminal
+    for name in W.STYLES.names() + ["sk:LinearRegression", "sk:SGDRegressor"]:
+        assert f"\n{name} " in text.out
+    assert "skipped cuda" in text.out  # the CPU build: listed with its reason, never an error
+    document = json.loads((out / "results.json").read_text())
+    assert {"machine", "versions", "threads", "records", "workloads", "peak_matmul_flops"} <= set(document)
+    assert document["versions"]["torch"] == torch.__version__ and document["versions"]["sklearn"]
+    kinds = [(r["kind"], r["style"]) for r in document["records"]]
+    assert ("peer", "sk:LinearRegression") in kinds and ("style", "raw") in kinds
+    (section,) = document["workloads"]
+    assert section["seeds"] == [compare.typical_seed("regression")]
+    for row in section["rows"]:
+        assert row["reached"] == 1, row  # every style and both peers reach 1e-6 here
+    for png in ("curves.png", "time_to_target.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_compare_rejects_bad_input_before_running(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(W.UsageError, match="not a directory"):
+        compare._check_out_dir(str(blocker))
+    assert _main(["compare", "nosuchworkload", "--out", str(tmp_path / "a")]) == 2
+    assert _main(["compare", "--seeds", "0", "--out", str(tmp_path / "b")]) == 2
+    assert _main(["compare", "regression", "--out", str(blocker)]) == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
+
+
+@pytest.mark.skipif("compare" not in cli.COMMANDS, reason="cli.py does not register compare/converge yet")
+def test_cli_registers_compare_and_converge():
+    assert {"compare", "converge"} <= set(cli.COMMANDS)
+    assert cli.main(["compare", "--seeds", "0"]) == 2

@@ -1,0 +1,54 @@
+"""Fresh seeds converge as the shipped reference distributions say (MLPerf-style).
+
+``workloads/reference/<workload>.json`` holds steps-to-target of seeds 0-24 (raw
+style, CPU, one thread, at most the documented length), written by
+``torchloops converge WORKLOAD --seeds 25 --json ...``.  Here a few *fresh* seeds
+(1000 and up, never part of a reference) of the cheaper workloads are trained in the
+raw style and must pass :func:`workloads.compare.check_consistency`: their median
+steps-to-target inside the reference's [p10 / 1.25 - q, p90 * 1.25 + q] band (q: the
+evaluation interval), and no improbable number of seeds that never reach the target.
+A change that silently alters the optimisation (a halved learning rate, a different
+init, a broken momentum) moves the median out of the band even when every seed still
+reaches the target.  LeNet (~3-8 ms a step) is left to
+``torchloops converge lenet --seeds 5 --seed 1000 --check``, to keep CI cheap.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import workloads as W
+from workloads import compare
+
+FRESH_SEED = 1000
+# fresh seeds per workload, chosen so the whole file takes seconds on 2 shared cores
+FRESH = {"regression": 5, "mlp_sgd": 5, "mlp_adam": 3, "classification": 5}
+
+
+@pytest.mark.parametrize("workload", W.workload_names())
+def test_every_workload_ships_a_reference(workload):
+    reference = compare.load_reference(workload)
+    assert reference is not None, f"missing {compare.reference_path(workload)}"
+    wl = W.get_workload(workload)
+    assert reference["seeds"] == list(range(25))
+    assert reference["style"] == "raw" and reference["device"] == "cpu" and reference["threads"] == 1
+    assert reference["lr"] == wl.optimizer.lr and reference["target"] == wl.target
+    assert reference["versions"]["torch"] and "converge" in reference["generated_by"]
+    assert reference["summary"] == compare.summarise(reference["runs"])
+    assert reference["eval_every"] == compare.eval_interval(workload)
+
+
+def test_classification_reference_records_its_dead_classes():
+    """Under the documented ReLU on the logits some seeds lose a class for good."""
+    summary = compare.load_reference("classification")["summary"]
+    assert summary["dead_class_seeds"], summary
+    assert set(summary["dead_class_seeds"]) <= set(summary["never_reached_seeds"])
+
+
+@pytest.mark.parametrize("workload", list(FRESH))
+def test_fresh_seeds_are_consistent_with_the_reference(workload):
+    reference = compare.load_reference(workload)
+    seeds = range(FRESH_SEED, FRESH_SEED + FRESH[workload])
+    runs = compare.converge_runs(workload, seeds, style="raw", steps=compare.check_cap(reference))
+    verdict = compare.check_consistency(reference, runs)
+    assert verdict["ok"], "\n".join(verdict["lines"] + [str(r) for r in runs])

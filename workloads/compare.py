@@ -1,0 +1,623 @@
+"""``torchloops compare`` and ``torchloops converge``: the main job and the convergence references.
+
+``compare`` trains every style of each workload on every placement available in
+this process to its quality target (capped at the documented length), fits the
+scikit-learn estimators a user would pick instead on the same split
+(:mod:`workloads.peers`), and reports one table per workload, ``results.json`` and
+PNG plots (:mod:`workloads.plots`), with each workload's FLOPs per step against the
+machine's measured matmul throughput (:mod:`workloads.flops`).
+
+``converge`` records steps-to-target over seeds, the way MLPerf's reference
+convergence points do.  The repository ships one such distribution per workload
+in ``workloads/reference/<workload>.json`` (written by ``converge --json``), and
+:func:`check_consistency` is the one-sided check a fresh set of seeds must pass:
+
+* speed: the median steps-to-target of the fresh seeds that reach the target lies in
+  ``[p10 / FACTOR - q, p90 * FACTOR + q]`` of the reference's runs that reached it,
+  where ``q`` is the evaluation interval (steps-to-target is only known to within one
+  interval) -- neither suspiciously faster nor slower than the reference's spread;
+* reliability: the number of fresh seeds that never reach the target is not
+  improbably high for the reference's never-reached rate: a one-sided binomial test
+  at ``ALPHA``, with the rate Laplace-smoothed ``(never + 1) / (n + 2)`` so that a
+  reference where every seed converged still allows an occasional miss.
+
+A fresh run being checked is capped at ``p_max * FACTOR + q`` steps (``p_max``: the
+reference's slowest steps-to-target; never beyond the documented length): a run
+that has not reached the target by then is slower than the reference allows and
+counts as never reaching it.
+
+``add_commands(subparsers)`` adds both sub-commands to the CLI's parser and returns
+their handlers by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import peers as _peers
+from .flops import step_flops, throughputs
+from .placements import PLACEMENTS
+from .registry import WORKLOADS, UsageError
+from .runner import Unavailable, configure, run
+from .styles import STYLES
+
+PROG = "torchloops"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+DEFAULT_OUT = os.path.join("results", "compare")
+FACTOR = 1.25  # the reference band's widening (and the fresh runs' step cap) for the speed check
+ALPHA = 0.01  # one-sided level of the never-reached (reliability) check
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def format_table(headers: Sequence[str], rows: List[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    if value < 1e-3:
+        return f"{value * 1e6:.0f} us"
+    if value < 1:
+        return f"{value * 1e3:.1f} ms"
+    return f"{value:.2f} s"
+
+
+def _ratio(value: Optional[float], base: Optional[float]) -> str:
+    if value is None or not base:
+        return "-"
+    return f"{value / base:.2f}x" if value / base < 100 else f"{value / base:.0f}x"
+
+
+def _progress_bar(quiet: bool, label: str, total: int, unit: str = "step"):
+    """A tqdm bar on stderr, shown only on a terminal, only for runs longer than 2 s."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc=label, total=total, unit=unit, delay=2.0, leave=False, file=sys.stderr)
+
+
+def _check_out_dir(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out {path!r} exists and is not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--out {path!r}: {existing!r} is not writable")
+
+
+def _check_json_path(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--json {path!r} is a directory; give a file path")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--json {path!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"--json {path!r}: folder {folder!r} is not writable")
+
+
+def write_json_atomic(path: str, payload) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".json.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=1)
+            handle.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a shipped file wants
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def versions() -> dict:
+    import numpy
+    import sklearn
+
+    from importlib import metadata
+
+    try:
+        own = metadata.version("torchloops")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
+        own = "unknown"
+    return {"torchloops": own, "torch": torch.__version__, "sklearn": sklearn.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
+# --------------------------------------------------------------------------- convergence runs
+
+
+def converge_record(result) -> dict:
+    """The part of a run's record a convergence distribution keeps (one seed)."""
+    history = result.history
+    values = [h["metric_value"] for h in history if math.isfinite(h["metric_value"])]
+    best = (max(values) if result.higher_is_better else min(values)) if values else None
+    return {
+        "seed": result.seed,
+        "reached": result.reached_target,
+        "steps_to_target": result.steps_to_target,
+        "steps": result.steps,
+        "metric_value": result.metric_value,
+        "best_metric_value": best,
+        "dead_classes": result.dead_classes,
+        "diverged": result.diverged,
+        "time_to_target_s": result.time_to_target_s,
+        "step_time_median_s": result.step_time_median_s,
+    }
+
+
+def converge_runs(workload: str, seeds: Sequence[int], *, style: str = "raw", device: str = "cpu",
+                  lr: Optional[float] = None, threads: int = 1, steps: Optional[int] = None,
+                  quiet: bool = True) -> List[dict]:
+    """Train ``workload`` once per seed until its target (capped at ``steps`` or the documented length)."""
+    configs = [configure(workload, style, device, s, lr=lr, threads=threads, steps=steps, until_target=True)
+               for s in seeds]  # every input checked before anything trains
+    bar = _progress_bar(quiet, f"converge {workload}/{style}", len(configs), unit="seed")
+    out = []
+    try:
+        for config in configs:
+            out.append(converge_record(run(config)))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarise(runs: Sequence[dict]) -> dict:
+    reached = [r["steps_to_target"] for r in runs if r["reached"]]
+    summary = {
+        "n": len(runs),
+        "reached": len(reached),
+        "never_reached": len(runs) - len(reached),
+        "never_reached_seeds": [r["seed"] for r in runs if not r["reached"]],
+        "dead_class_seeds": [r["seed"] for r in runs if r.get("dead_classes")],
+    }
+    if reached:
+        summary.update(
+            min=min(reached), p10=_percentile(reached, 10), median=_percentile(reached, 50),
+            p90=_percentile(reached, 90), max=max(reached),
+        )
+    return summary
+
+
+def reference_path(workload: str) -> Path:
+    return REFERENCE_DIR / f"{workload}.json"
+
+
+def load_reference(workload: str) -> Optional[dict]:
+    path = reference_path(workload)
+    if not path.exists():
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def eval_interval(workload: str) -> int:
+    """The steps between evaluations: the quantum of a steps-to-target."""
+    config = configure(workload, "raw", "cpu", 0, steps=1)
+    return config.workload.eval_every or config.steps_per_epoch
+
+
+def check_cap(reference: dict) -> int:
+    """The step cap of a fresh run being checked: beyond it, it is slower than the reference allows."""
+    s = reference["summary"]
+    return min(reference["max_steps"], math.ceil(s["max"] * FACTOR + reference["eval_every"]))
+
+
+def _binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def check_consistency(reference: dict, fresh: Sequence[dict], factor: float = FACTOR,
+                      alpha: float = ALPHA) -> dict:
+    """Whether fresh seeds' steps-to-target agree with a reference distribution (see the module doc).
+
+    Returns ``{"ok": bool, "speed_ok", "reliability_ok", "lines": [...], ...}``.
+    """
+    s = reference["summary"]
+    q = reference["eval_every"]
+    low = s["p10"] / factor - q
+    high = s["p90"] * factor + q
+    reached = [r["steps_to_target"] for r in fresh if r["reached"]]
+    never = len(fresh) - len(reached)
+    median = statistics.median(reached) if reached else None
+    speed_ok = median is not None and low <= median <= high
+    rate = (s["never_reached"] + 1) / (s["n"] + 2)
+    p_value = _binomial_tail(never, len(fresh), rate)
+    reliability_ok = p_value >= alpha
+    lines = [
+        f"reference: {s['n']} seeds, {s['never_reached']} never reach the target; steps-to-target "
+        f"p10 {s['p10']:g}, median {s['median']:g}, p90 {s['p90']:g} (eval every {q} steps)",
+        f"speed: fresh median {median if median is not None else 'n/a'} over {len(reached)} reached "
+        f"of {len(fresh)}; allowed [{low:g}, {high:g}] = [p10/{factor:g} - {q}, p90*{factor:g} + {q}]: "
+        + ("ok" if speed_ok else ("FAIL (faster)" if median is not None and median < low else "FAIL (slower)")),
+        f"reliability: {never} of {len(fresh)} never reach it; P(>= {never} | rate {rate:.3f}) = "
+        f"{p_value:.3g} {'>=' if reliability_ok else '<'} {alpha:g}: " + ("ok" if reliability_ok else "FAIL"),
+    ]
+    return {"ok": speed_ok and reliability_ok, "speed_ok": speed_ok, "reliability_ok": reliability_ok,
+            "median": median, "band": [low, high], "never_reached": never, "p_value": p_value, "lines": lines}
+
+
+def typical_seed(workload: str) -> int:
+    """The reference seed whose steps-to-target is nearest the reference median (0 without one)."""
+    reference = load_reference(workload)
+    if reference is None or "median" not in reference["summary"]:
+        return 0
+    median = reference["summary"]["median"]
+    reached = [r for r in reference["runs"] if r["reached"]]
+    return min(reached, key=lambda r: (abs(r["steps_to_target"] - median), r["seed"]))["seed"]
+
+
+CONVERGE_HEADERS = ("seed", "to target", "final metric", "best metric", "step median", "notes")
+
+
+def _converge_row(r: dict) -> List[str]:
+    notes = []
+    if r.get("dead_classes"):
+        notes.append(f"dead class {','.join(map(str, r['dead_classes']))}")
+    if r.get("diverged"):
+        notes.append("DIVERGED")
+    best = "-" if r["best_metric_value"] is None else f"{r['best_metric_value']:.4g}"
+    return [str(r["seed"]), f"step {r['steps_to_target']}" if r["reached"] else f"never ({r['steps']} steps)",
+            f"{r['metric_value']:.4g}", best, _seconds(r["step_time_median_s"]), "; ".join(notes)]
+
+
+def cmd_converge(args) -> int:
+    if args.json:
+        _check_json_path(args.json)
+    reference = None
+    steps = args.steps
+    if args.check:
+        reference = load_reference(args.workload)
+        if reference is None:
+            raise UsageError(f"--check: no reference distribution for {args.workload} "
+                             f"(expected {reference_path(args.workload)})")
+        cap = check_cap(reference)
+        steps = cap if steps is None else min(steps, cap)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    if seeds[-1] > 2**32 - 1:
+        raise UsageError("--seed + --seeds goes past the largest seed 4294967295")
+    started = time.perf_counter()
+    try:
+        runs = converge_runs(args.workload, seeds, style=args.style, device=args.device, lr=args.lr,
+                             threads=args.threads, steps=steps, quiet=args.quiet)
+    except Unavailable as why:
+        raise UsageError(f"--device {args.device} --style {args.style} is not available here: {why}") from None
+    wall = time.perf_counter() - started
+    config = configure(args.workload, args.style, args.device, seeds[0], lr=args.lr, steps=steps)
+    wl = config.workload
+    arrow = ">=" if wl.metric.higher_is_better else "<="
+    print(f"{args.workload}: {wl.metric.name} {arrow} {wl.target:g}; style {args.style}, {args.device}, "
+          f"lr {config.lr:g}, threads {args.threads}, at most {config.total_steps} steps, eval every "
+          f"{config.eval_every}")
+    print(format_table(CONVERGE_HEADERS, [_converge_row(r) for r in runs]))
+    summary = summarise(runs)
+    line = f"{summary['reached']} of {summary['n']} seeds reach the target"
+    if summary["reached"]:
+        line += (f"; steps-to-target min {summary['min']}, p10 {summary['p10']:g}, median {summary['median']:g}, "
+                 f"p90 {summary['p90']:g}, max {summary['max']}")
+    if summary["dead_class_seeds"]:
+        line += f"; dead class in seeds {summary['dead_class_seeds']}"
+    print(line + f" ({wall:.1f} s)")
+    if args.json:
+        payload = {
+            "workload": args.workload, "style": args.style, "device": args.device, "threads": args.threads,
+            "lr": config.lr, "target": wl.target, "metric": wl.metric.name,
+            "higher_is_better": wl.metric.higher_is_better, "eval_every": config.eval_every,
+            "max_steps": config.total_steps, "seeds": seeds,
+            "generated_by": " ".join([PROG, "converge", args.workload, "--seeds", str(args.seeds), "--seed",
+                                      str(args.seed), "--style", args.style, "--threads", str(args.threads)]),
+            "generated_at": time.strftime("%Y-%m-%d"), "wall_s": round(wall, 1),
+            "versions": versions(), "machine": machine(),
+            "summary": summary, "runs": runs,
+        }
+        write_json_atomic(args.json, payload)
+    if reference is not None:
+        verdict = check_consistency(reference, runs)
+        print(f"check against {reference_path(args.workload).name} "
+              f"(seeds {reference['seeds'][0]}-{reference['seeds'][-1]}, torch {reference['versions']['torch']}):")
+        for text in verdict["lines"]:
+            print("  " + text)
+        print("  consistent with the reference" if verdict["ok"] else "  NOT consistent with the reference")
+        return 0 if verdict["ok"] else 1
+    return 0
+
+
+# --------------------------------------------------------------------------- compare
+
+
+COMPARE_HEADERS = ("style / peer", "device", "to target", "time to target", "step median", "vs raw",
+                   "vs best peer", "final metric", "% of peak", "notes")
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def aggregate(records: List[dict], flops_per_step: float, peak: float) -> dict:
+    """One table row's numbers from the records of one style (or peer) on one placement over seeds."""
+    first = records[0]
+    reached = [r for r in records if r["reached_target"]]
+    step_median = _median([r["step_time_median_s"] for r in records])
+    row = {
+        "kind": first.get("kind", "style"), "style": first["style"], "device": first["device"],
+        "seeds": [r["seed"] for r in records], "reached": len(reached), "runs": len(records),
+        "steps_to_target": _median([r["steps_to_target"] for r in reached]),
+        "time_to_target_s": _median([r["time_to_target_s"] for r in reached]),
+        "step_time_median_s": step_median,
+        "fit_time_s": _median([r.get("fit_time_s") for r in records]),
+        "metric_value": _median([r["metric_value"] for r in records]),
+        "dead_classes": sorted({c for r in records for c in (r.get("dead_classes") or [])}),
+        "diverged": any(r.get("diverged") for r in records),
+        "convergence_warning": any(r.get("convergence_warning") for r in records),
+    }
+    row["peak_share"] = (flops_per_step / step_median / peak
+                         if row["kind"] == "style" and step_median and peak else None)
+    return row
+
+
+def table_rows(rows: List[dict], metric: str) -> List[List[str]]:
+    raw = next((r for r in rows if r["style"] == "raw" and r["device"] == "cpu"), None)
+    raw = raw or next((r for r in rows if r["style"] == "raw"), None)
+    base_raw = raw["time_to_target_s"] if raw else None
+    peer_times = [r["time_to_target_s"] for r in rows if r["kind"] == "peer" and r["time_to_target_s"]]
+    best_peer = min(peer_times) if peer_times else None
+    out = []
+    for r in rows:
+        if not r["reached"]:
+            to_target = "not reached"
+        elif r["steps_to_target"] is None:
+            to_target = "closed form"  # a peer without iterations (LinearRegression)
+        else:
+            to_target = (f"{r['steps_to_target']:g} it" if r["kind"] == "peer" else f"step {r['steps_to_target']:g}")
+        if r["runs"] > 1:
+            to_target += f" ({r['reached']}/{r['runs']})"
+        notes = []
+        if r["dead_classes"]:
+            notes.append(f"dead class {','.join(map(str, r['dead_classes']))} (never predicted)")
+        if r["diverged"]:
+            notes.append("DIVERGED")
+        if r["kind"] == "peer" and not r["reached"]:
+            notes.append(f"fit {_seconds(r['fit_time_s'])}, short of the target")
+        if r["convergence_warning"]:
+            notes.append("ConvergenceWarning")
+        share = "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.3g} %"
+        out.append([r["style"], r["device"], to_target, _seconds(r["time_to_target_s"]),
+                    _seconds(r["step_time_median_s"]), _ratio(r["time_to_target_s"], base_raw),
+                    _ratio(r["time_to_target_s"], best_peer), f"{r['metric_value']:.4g}", share,
+                    "; ".join(notes)])
+    return out
+
+
+def _plan(args) -> dict:
+    """Every run of the comparison, configured (and so checked) before anything trains."""
+    names = list(dict.fromkeys(args.workloads)) or WORKLOADS.names()
+    for name in names:
+        WORKLOADS.get(name)  # an unknown name: a UsageError that lists the valid ones
+    devices = args.device or PLACEMENTS.names()
+    plan = {"workloads": [], "skipped": []}
+    for name in names:
+        wl = WORKLOADS.get(name)
+        first = args.seed if args.seed is not None else typical_seed(name)
+        seeds = list(range(first, first + args.seeds))
+        if seeds[-1] > 2**32 - 1:
+            raise UsageError("--seed + --seeds goes past the largest seed 4294967295")
+        entry = {"workload": wl, "seeds": seeds, "typical_seed": args.seed is None, "configs": []}
+        for device in devices:
+            placement = PLACEMENTS.get(device)
+            available = placement.availability()
+            if not available.ok:
+                if name == names[0]:
+                    plan["skipped"].append({"device": device, "style": "all", "reason": available.reason})
+                continue
+            for style in STYLES.names():
+                try:
+                    configs = [configure(name, style, device, s, threads=args.threads, until_target=True)
+                               for s in seeds]
+                except Unavailable as why:
+                    plan["skipped"].append({"workload": name, "device": device, "style": style, "reason": str(why)})
+                    continue
+                entry["configs"].append(configs)
+        plan["workloads"].append(entry)
+    return plan
+
+
+def compare(args, out=None) -> dict:
+    """Run the comparison of ``args`` (the parsed ``compare`` command); returns the results document."""
+    out = sys.stdout if out is None else out
+    _check_out_dir(args.out)
+    started = time.perf_counter()
+    plan = _plan(args)
+    dtypes = sorted({e["workload"].dtype for e in plan["workloads"]}, key=str)
+    peaks = throughputs(dtypes, args.threads)
+    records, sections = [], []
+    for entry in plan["workloads"]:
+        wl = entry["workload"]
+        split = wl.make_data(entry["seeds"][0])
+        flops = step_flops(wl, split.X_train, wl.batch_size)
+        peak = peaks[str(wl.dtype).replace("torch.", "")]
+        groups = []
+        for configs in entry["configs"]:
+            group = []
+            for config in configs:
+                label = f"{wl.name}/{config.style.name}/{config.placement.name} seed {config.seed}"
+                bar = _progress_bar(args.quiet, label, config.total_steps)
+                progress = (lambda step, total: bar.update(step - bar.n)) if bar is not None else None
+                try:
+                    result = run(config, progress=progress)
+                finally:
+                    if bar is not None:
+                        bar.close()
+                record = dict(result.to_dict(), kind="style")
+                record.pop("step_losses", None)
+                group.append(record)
+            groups.append(group)
+        for peer in _peers.peers_for(wl.name):
+            group = []
+            for seed in entry["seeds"]:
+                data = split if seed == entry["seeds"][0] else wl.make_data(seed)
+                group.append(_peers.fit_peer(wl, peer, data, seed, args.threads))
+            groups.append(group)
+        rows = [aggregate(g, flops, peak) for g in groups]
+        for g in groups:
+            records.extend(g)
+        section = {
+            "workload": wl.name, "metric": wl.metric.name, "higher_is_better": wl.metric.higher_is_better,
+            "target": wl.target, "seeds": entry["seeds"], "typical_seed": entry["typical_seed"],
+            "dtype": str(wl.dtype).replace("torch.", ""), "flops_per_step": flops,
+            "peak_flops": peak, "rows": rows,
+        }
+        sections.append(section)
+    # The machine is shared: measure the peak again after the runs and keep the better of the two.
+    for dtype, value in throughputs(dtypes, args.threads).items():
+        peaks[dtype] = max(peaks[dtype], value)
+    for section in sections:
+        section["peak_flops"] = peaks[section["dtype"]]
+        for row in section["rows"]:
+            if row["peak_share"] is not None:
+                row["peak_share"] = section["flops_per_step"] / row["step_time_median_s"] / section["peak_flops"]
+        _print_section(section, out)
+    wall = time.perf_counter() - started
+    for skip in plan["skipped"]:
+        what = skip["device"] if skip["style"] == "all" else f"{skip['workload']}/{skip['style']} on {skip['device']}"
+        print(f"skipped {what}: {skip['reason']}", file=out)
+    document = {
+        "options": {"workloads": [e["workload"].name for e in plan["workloads"]], "device": args.device,
+                    "seeds": args.seeds, "seed": args.seed, "threads": args.threads, "out": args.out},
+        "machine": machine(), "versions": versions(), "threads": args.threads,
+        "peak_matmul_flops": peaks, "wall_s": wall, "workloads": sections,
+        "skipped": plan["skipped"], "records": records,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    write_json_atomic(os.path.join(args.out, "results.json"), document)
+    from .plots import make_plots
+
+    paths = make_plots(document, args.out)
+    print(f"wrote {os.path.join(args.out, 'results.json')}, " + ", ".join(paths) + f" ({wall:.1f} s)", file=out)
+    return document
+
+
+def _print_section(section: dict, out) -> None:
+    arrow = ">=" if section["higher_is_better"] else "<="
+    seeds = section["seeds"]
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    if section["typical_seed"]:
+        which += " (the reference's median seed)"
+    print(f"\n{section['workload']}: {section['metric']} {arrow} {section['target']:g}; {which}; "
+          f"{section['flops_per_step']:.3g} FLOPs/step (fwd+bwd); measured {section['dtype']} matmul peak "
+          f"{section['peak_flops'] / 1e9:.1f} GFLOP/s", file=out)
+    print(format_table(COMPARE_HEADERS, table_rows(section["rows"], section["metric"])), file=out, flush=True)
+    print("sk: peers: time = the whole fit, it = n_iter_, step median = fit time / n_iter_; "
+          "vs raw / vs best peer: time-to-target ratios", file=out)
+
+
+def cmd_compare(args) -> int:
+    document = compare(args)
+    return 1 if any(r.get("diverged") for r in document["records"]) else 0
+
+
+# --------------------------------------------------------------------------- the parsers
+
+
+def add_commands(subparsers) -> Dict[str, callable]:
+    """Add ``compare`` and ``converge`` to the CLI's sub-parsers; returns their handlers by name."""
+    c = subparsers.add_parser(
+        "compare", help="every style (and the sklearn peers) to its quality target: tables, results.json, plots")
+    c.add_argument("workloads", nargs="*", metavar="WORKLOAD",
+                   help=f"workloads to compare (default: all): {', '.join(WORKLOADS.names())}")
+    c.add_argument("--device", action="append", choices=PLACEMENTS.names(),
+                   help="a placement (repeatable; default: every placement, unavailable ones listed as skipped)")
+    c.add_argument("--seeds", type=_positive_int, default=1, help="seeds per style (default 1)")
+    c.add_argument("--seed", type=_seed, help="first seed (default: each workload's reference median seed)")
+    c.add_argument("--threads", type=_positive_int, default=1, help="torch.set_num_threads (default 1)")
+    c.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    v = subparsers.add_parser("converge", help="steps-to-target over seeds (a convergence distribution)")
+    v.add_argument("workload", choices=WORKLOADS.names(), metavar="WORKLOAD")
+    v.add_argument("--seeds", type=_positive_int, default=25, help="number of seeds (default 25)")
+    v.add_argument("--seed", type=_seed, default=0, help="first seed (default 0)")
+    v.add_argument("--style", default="raw", choices=STYLES.names(), help="default raw")
+    v.add_argument("--device", default="cpu", choices=PLACEMENTS.names())
+    v.add_argument("--lr", type=_positive_float, help="override the documented learning rate")
+    v.add_argument("--steps", type=_positive_int, help="cap on the steps of each run")
+    v.add_argument("--threads", type=_positive_int, default=1, help="torch.set_num_threads (default 1)")
+    v.add_argument("--json", metavar="PATH", help="write the distribution (the reference format) here")
+    v.add_argument("--check", action="store_true",
+                   help="check the runs against the shipped reference (exit 1 when inconsistent)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    return {"compare": cmd_compare, "converge": cmd_converge}

@@ -1,0 +1,129 @@
+"""The scikit-learn estimators a user would pick instead of each workload's PyTorch loop.
+
+Each peer is fitted on exactly the rows of the run's split (the same seed, the
+same 80/20 split, the same scaling) and scored with the workload's own metric
+function on the test rows, so its number sits in the same column as the styles'.
+
+What a peer's "time to target" means: sklearn fits to its own stopping rule, so
+the time is the whole ``fit`` (an upper bound of the time it needed), counted as
+time-to-target when the fitted model meets the workload's target; its "steps" are
+``n_iter_`` (lbfgs iterations for LogisticRegression, epochs for the SGD and MLP
+estimators).  BLAS threads are limited to the runs' ``--threads`` while fitting.
+
+Estimators keep sklearn's defaults except ``random_state`` (the run's seed) and
+``max_iter=1000`` for the iterative ones, so that a default 100/200-iteration cap
+does not hand the peer an unconverged fit (a ``ConvergenceWarning`` is still
+recorded and shown).  LeNet's peers see the 64 original 8x8 pixels of the same
+rows: the workload's 32x32 input is a 4x4 nearest-neighbour upsampling (then one
+global affine normalisation) of them, so no information is lost, and what a user
+would fit on ``load_digits`` is those 64 pixels.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LinearRegression, LogisticRegression, SGDRegressor
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from threadpoolctl import threadpool_limits
+
+from .data import Split
+from .registry import Workload
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str  # what the table shows, e.g. "sk:LogisticRegression"
+    make: Callable[[int], object]  # seed -> unfitted estimator
+
+
+def _flat(x: torch.Tensor) -> np.ndarray:
+    return x.reshape(x.shape[0], -1).cpu().numpy()
+
+
+def _digits_pixels(x: torch.Tensor) -> np.ndarray:
+    """The 8x8 pixels behind LeNet's 32x32 input (every 4th pixel of the upsampled image)."""
+    return x[:, 0, ::4, ::4].reshape(x.shape[0], -1).cpu().numpy()
+
+
+_LOGISTIC = Peer("sk:LogisticRegression", lambda seed: LogisticRegression(max_iter=1000, random_state=seed))
+
+PEERS: Dict[str, List[Peer]] = {
+    "classification": [
+        _LOGISTIC,
+        Peer("sk:MLPClassifier(10,)",
+             lambda seed: MLPClassifier(hidden_layer_sizes=(10,), max_iter=1000, random_state=seed)),
+    ],
+    "regression": [
+        Peer("sk:LinearRegression", lambda seed: LinearRegression()),
+        Peer("sk:SGDRegressor", lambda seed: SGDRegressor(max_iter=1000, random_state=seed)),
+    ],
+    "lenet": [
+        _LOGISTIC,
+        Peer("sk:MLPClassifier", lambda seed: MLPClassifier(max_iter=1000, random_state=seed)),
+    ],
+    "mlp_sgd": [
+        Peer("sk:MLPRegressor(128,)",
+             lambda seed: MLPRegressor(hidden_layer_sizes=(128,), max_iter=1000, random_state=seed)),
+    ],
+    "mlp_adam": [
+        Peer("sk:MLPRegressor(128,)",
+             lambda seed: MLPRegressor(hidden_layer_sizes=(128,), max_iter=1000, random_state=seed)),
+    ],
+}
+
+FEATURES: Dict[str, Callable[[torch.Tensor], np.ndarray]] = {"lenet": _digits_pixels}
+
+
+def peers_for(workload: str) -> List[Peer]:
+    return PEERS.get(workload, [])
+
+
+def fit_peer(workload: Workload, peer: Peer, split: Split, seed: int, threads: int = 1) -> dict:
+    """Fit one peer on the split's training rows; score it on the test rows with the workload's metric."""
+    features = FEATURES.get(workload.name, _flat)
+    X_train, X_test = features(split.X_train), features(split.X_test)
+    y_train = split.y_train.cpu().numpy().ravel()
+    estimator = peer.make(seed)
+    with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=threads):
+        warnings.simplefilter("always", ConvergenceWarning)
+        start = time.perf_counter()
+        estimator.fit(X_train, y_train)
+        fit_time = time.perf_counter() - start
+    if workload.metric.is_classification:
+        # Scores per class in label order (classes_ are 0..k-1): the metric's arg-max is predict's.
+        outputs = torch.as_tensor(estimator.predict_proba(X_test))
+    else:
+        outputs = torch.as_tensor(estimator.predict(X_test)).reshape(split.y_test.shape)
+    value = float(workload.metric.fn(outputs, split.y_test.cpu()))
+    reached = workload.metric.reached(value, workload.target)
+    n_iter = getattr(estimator, "n_iter_", None)
+    if n_iter is not None:
+        n_iter = int(np.max(n_iter))
+    return {
+        "kind": "peer",
+        "workload": workload.name,
+        "style": peer.name,
+        "device": "cpu",
+        "seed": seed,
+        "threads": threads,
+        "estimator": repr(estimator),
+        "features": X_train.shape[1],
+        "metric": workload.metric.name,
+        "metric_value": value,
+        "target": workload.target,
+        "higher_is_better": workload.metric.higher_is_better,
+        "reached_target": reached,
+        "n_iter": n_iter,
+        "steps_to_target": n_iter if reached else None,
+        "fit_time_s": fit_time,
+        "time_to_target_s": fit_time if reached else None,
+        "step_time_median_s": fit_time / n_iter if n_iter else None,  # mean per iteration
+        "convergence_warning": any(issubclass(w.category, ConvergenceWarning) for w in caught),
+    }

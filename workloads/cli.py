@@ -18,7 +18,7 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence
 
-from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, configure, distributed, run
+from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, compare, configure, distributed, run
 
 PROG = "torchloops"
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--step-losses", action="store_true",
                    help="keep every step's training loss (of the global batch) in the JSON records")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    compare.add_commands(sub)  # compare, converge (workloads/compare.py)
     return parser
 
 
@@ -295,7 +296,7 @@ def _run_planned(args, planned, rank_mode: bool) -> int:
     return _diverged_status(records)
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "compare": compare.cmd_compare, "converge": compare.cmd_converge}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import torch  # noqa: E402
 
 import workloads as W  # noqa: E402
-from workloads.cli import _seconds, format_table  # noqa: E402
+from workloads.console import format_table, seconds  # noqa: E402
 
 PROBE_STEPS = 30
 HEADERS = ("placement", "workload", "style", "steps", "metric", "target", "reached", "time to target",
@@ -59,7 +59,7 @@ def row(placement, record, note=""):
         notes.append("DIVERGED")
     return [placement, record["workload"], record["style"], str(record["steps"]),
             f"{record['metric_value']:.4g}", f"{arrow} {record['target']:g}", reached,
-            _seconds(record["time_to_target_s"]), _seconds(record["step_time_median_s"]),
+            seconds(record["time_to_target_s"]), seconds(record["step_time_median_s"]),
             mib(record.get("peak_gpu_memory_bytes")), "; ".join(notes)]
 
 
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
             if style == "module":
                 reached_at[workload] = record["steps_to_target"] or record["steps"]
         print(f"  {placement:12s} {workload:14s} {style:10s} steps {record['steps']:6d}  "
-              f"reached {record['reached_target']}  median {_seconds(record['step_time_median_s'])}  "
+              f"reached {record['reached_target']}  median {seconds(record['step_time_median_s'])}  "
               f"elapsed {time.perf_counter() - started:.0f} s", flush=True)
 
     if nproc >= 2:

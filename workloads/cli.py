@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
 from typing import List, Optional, Sequence
 
+from .console import check_json_path, format_table, positive_float, positive_int, progress_bar, seconds, write_json_atomic
+from .console import seed as seed_type
 from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, compare, configure, distributed, run
 
 PROG = "torchloops"
@@ -28,32 +29,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _number(kind):
-    """argparse type: a positive int, or a positive finite float."""
-    what = "integer" if kind is int else "finite number"
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or (kind is float and not math.isfinite(value)) or value <= 0:
-            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got {text!r}")
-    if not 0 <= value <= 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The documented PyTorch workloads in four equivalent styles, timed.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -62,14 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("workload", nargs="?", default="all", choices=WORKLOADS.names() + ["all"], metavar="WORKLOAD|all")
     r.add_argument("--style", default="all", choices=STYLES.names() + ["all"])
     r.add_argument("--device", default="cpu", choices=PLACEMENTS.names())
-    r.add_argument("--seed", type=_seed, default=0)
-    r.add_argument("--epochs", type=_number(int))
-    r.add_argument("--steps", type=_number(int), help="cap on the total number of optimizer steps")
-    r.add_argument("--lr", type=_number(float))
-    r.add_argument("--batch-size", type=_number(int))
-    r.add_argument("--threads", type=_number(int), default=1, help="torch.set_num_threads (default 1)")
+    r.add_argument("--seed", type=seed_type, default=0)
+    r.add_argument("--epochs", type=positive_int)
+    r.add_argument("--steps", type=positive_int, help="cap on the total number of optimizer steps")
+    r.add_argument("--lr", type=positive_float)
+    r.add_argument("--batch-size", type=positive_int)
+    r.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")
     r.add_argument("--until-target", action="store_true", help="stop each run at its quality target")
-    r.add_argument("--nproc", type=_number(int), metavar="N",
+    r.add_argument("--nproc", type=positive_int, metavar="N",
                    help="with --device ddp: start N ranks on this machine (torchrun --standalone)")
     r.add_argument("--json", metavar="PATH", help="write the list of result records here")
     r.add_argument("--step-losses", action="store_true",
@@ -77,22 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     compare.add_commands(sub)  # compare, converge (workloads/compare.py)
     return parser
-
-
-def format_table(headers: Sequence[str], rows: List[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def _seconds(value: Optional[float]) -> str:
-    if value is None:
-        return "-"
-    if value < 1e-3:
-        return f"{value * 1e6:.0f} us"
-    if value < 1:
-        return f"{value * 1e3:.2f} ms"
-    return f"{value:.2f} s"
 
 
 RUN_HEADERS = ("workload", "style", "device", "steps", "train loss", "test loss", "metric", "target",
@@ -114,42 +73,9 @@ def _row(record: dict) -> List[str]:
         record["workload"], record["style"], device, str(record["steps"]),
         f"{record['final_train_loss']:.5g}", f"{record['test_loss']:.5g}",
         f"{record['metric']}={record['metric_value']:.4g}", f"{arrow} {record['target']:g}",
-        reached, _seconds(record["time_to_target_s"]), _seconds(record["step_time_median_s"]),
-        _seconds(record["train_time_s"]), "; ".join(notes),
+        reached, seconds(record["time_to_target_s"]), seconds(record["step_time_median_s"]),
+        seconds(record["train_time_s"]), "; ".join(notes),
     ]
-
-
-def _check_json_path(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"--json {path!r} is a directory; give a file path")
-    if not os.path.isdir(folder):
-        raise UsageError(f"--json {path!r}: folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"--json {path!r}: folder {folder!r} is not writable")
-
-
-def write_json_atomic(path: str, payload) -> None:
-    """Write to a temporary file beside ``path`` and rename: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _progress_bar(quiet: bool, label: str):
-    """A tqdm bar on stderr, shown only for runs longer than 2 s and only on a terminal."""
-    if quiet or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(desc=label, unit="step", delay=2.0, leave=False, file=sys.stderr)
 
 
 def cmd_list(_args) -> int:
@@ -242,7 +168,7 @@ def _diverged_status(records) -> int:
 
 def cmd_run(args) -> int:
     if args.json:
-        _check_json_path(args.json)
+        check_json_path(args.json)
     rank_mode = _check_ddp_arguments(args)
     names = WORKLOADS.names() if args.workload == "all" else [args.workload]
     styles = STYLES.names() if args.style == "all" else [args.style]
@@ -274,7 +200,7 @@ def _run_planned(args, planned, rank_mode: bool) -> int:
         if config is None:
             rows.append([name, style, args.device] + ["-"] * 9 + [f"skipped: {skipped}"])
             continue
-        bar = _progress_bar(args.quiet or not main_process, f"{name}/{style}")
+        bar = progress_bar(args.quiet or not main_process, f"{name}/{style}")
         if bar is not None:
             bar.reset(total=config.total_steps)
         progress = (lambda step, total: bar.update(step - bar.n)) if bar is not None else None

@@ -32,14 +32,12 @@ their handlers by name.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -47,6 +45,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import peers as _peers
+from .console import check_json_path, format_table, positive_float, positive_int, progress_bar, seconds, write_json_atomic
+from .console import seed as seed_type
 from .flops import step_flops, throughputs
 from .placements import PLACEMENTS
 from .registry import WORKLOADS, UsageError
@@ -63,71 +63,13 @@ ALPHA = 0.01  # one-sided level of the never-reached (reliability) check
 # --------------------------------------------------------------------------- argument types
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got {text!r}")
-    return value
-
-
 # --------------------------------------------------------------------------- small helpers
-
-
-def format_table(headers: Sequence[str], rows: List[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-
-    def line(cells):
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def _seconds(value: Optional[float]) -> str:
-    if value is None:
-        return "-"
-    if value < 1e-3:
-        return f"{value * 1e6:.0f} us"
-    if value < 1:
-        return f"{value * 1e3:.1f} ms"
-    return f"{value:.2f} s"
 
 
 def _ratio(value: Optional[float], base: Optional[float]) -> str:
     if value is None or not base:
         return "-"
     return f"{value / base:.2f}x" if value / base < 100 else f"{value / base:.0f}x"
-
-
-def _progress_bar(quiet: bool, label: str, total: int, unit: str = "step"):
-    """A tqdm bar on stderr, shown only on a terminal, only for runs longer than 2 s."""
-    if quiet or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(desc=label, total=total, unit=unit, delay=2.0, leave=False, file=sys.stderr)
 
 
 def _check_out_dir(path: str) -> None:
@@ -138,33 +80,6 @@ def _check_out_dir(path: str) -> None:
         existing = os.path.dirname(existing)
     if not os.access(existing, os.W_OK):
         raise UsageError(f"--out {path!r}: {existing!r} is not writable")
-
-
-def _check_json_path(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"--json {path!r} is a directory; give a file path")
-    if not os.path.isdir(folder):
-        raise UsageError(f"--json {path!r}: folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"--json {path!r}: folder {folder!r} is not writable")
-
-
-def write_json_atomic(path: str, payload) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
-            handle.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a shipped file wants
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def versions() -> dict:
@@ -214,7 +129,7 @@ def converge_runs(workload: str, seeds: Sequence[int], *, style: str = "raw", de
     """Train ``workload`` once per seed until its target (capped at ``steps`` or the documented length)."""
     configs = [configure(workload, style, device, s, lr=lr, threads=threads, steps=steps, until_target=True)
                for s in seeds]  # every input checked before anything trains
-    bar = _progress_bar(quiet, f"converge {workload}/{style}", len(configs), unit="seed")
+    bar = progress_bar(quiet, f"converge {workload}/{style}", len(configs), unit="seed")
     out = []
     try:
         for config in configs:
@@ -332,12 +247,12 @@ def _converge_row(r: dict) -> List[str]:
         notes.append("DIVERGED")
     best = "-" if r["best_metric_value"] is None else f"{r['best_metric_value']:.4g}"
     return [str(r["seed"]), f"step {r['steps_to_target']}" if r["reached"] else f"never ({r['steps']} steps)",
-            f"{r['metric_value']:.4g}", best, _seconds(r["step_time_median_s"]), "; ".join(notes)]
+            f"{r['metric_value']:.4g}", best, seconds(r["step_time_median_s"]), "; ".join(notes)]
 
 
 def cmd_converge(args) -> int:
     if args.json:
-        _check_json_path(args.json)
+        check_json_path(args.json)
     reference = None
     steps = args.steps
     if args.check:
@@ -452,12 +367,12 @@ def table_rows(rows: List[dict], metric: str) -> List[List[str]]:
         if r["diverged"]:
             notes.append("DIVERGED")
         if r["kind"] == "peer" and not r["reached"]:
-            notes.append(f"fit {_seconds(r['fit_time_s'])}, short of the target")
+            notes.append(f"fit {seconds(r['fit_time_s'])}, short of the target")
         if r["convergence_warning"]:
             notes.append("ConvergenceWarning")
         share = "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.3g} %"
-        out.append([r["style"], r["device"], to_target, _seconds(r["time_to_target_s"]),
-                    _seconds(r["step_time_median_s"]), _ratio(r["time_to_target_s"], base_raw),
+        out.append([r["style"], r["device"], to_target, seconds(r["time_to_target_s"]),
+                    seconds(r["step_time_median_s"]), _ratio(r["time_to_target_s"], base_raw),
                     _ratio(r["time_to_target_s"], best_peer), f"{r['metric_value']:.4g}", share,
                     "; ".join(notes)])
     return out
@@ -515,7 +430,7 @@ def compare(args, out=None) -> dict:
             group = []
             for config in configs:
                 label = f"{wl.name}/{config.style.name}/{config.placement.name} seed {config.seed}"
-                bar = _progress_bar(args.quiet, label, config.total_steps)
+                bar = progress_bar(args.quiet, label, config.total_steps)
                 progress = (lambda step, total: bar.update(step - bar.n)) if bar is not None else None
                 try:
                     result = run(config, progress=progress)
@@ -601,21 +516,21 @@ def add_commands(subparsers) -> Dict[str, callable]:
                    help=f"workloads to compare (default: all): {', '.join(WORKLOADS.names())}")
     c.add_argument("--device", action="append", choices=PLACEMENTS.names(),
                    help="a placement (repeatable; default: every placement, unavailable ones listed as skipped)")
-    c.add_argument("--seeds", type=_positive_int, default=1, help="seeds per style (default 1)")
-    c.add_argument("--seed", type=_seed, help="first seed (default: each workload's reference median seed)")
-    c.add_argument("--threads", type=_positive_int, default=1, help="torch.set_num_threads (default 1)")
+    c.add_argument("--seeds", type=positive_int, default=1, help="seeds per style (default 1)")
+    c.add_argument("--seed", type=seed_type, help="first seed (default: each workload's reference median seed)")
+    c.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")
     c.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     v = subparsers.add_parser("converge", help="steps-to-target over seeds (a convergence distribution)")
     v.add_argument("workload", choices=WORKLOADS.names(), metavar="WORKLOAD")
-    v.add_argument("--seeds", type=_positive_int, default=25, help="number of seeds (default 25)")
-    v.add_argument("--seed", type=_seed, default=0, help="first seed (default 0)")
+    v.add_argument("--seeds", type=positive_int, default=25, help="number of seeds (default 25)")
+    v.add_argument("--seed", type=seed_type, default=0, help="first seed (default 0)")
     v.add_argument("--style", default="raw", choices=STYLES.names(), help="default raw")
     v.add_argument("--device", default="cpu", choices=PLACEMENTS.names())
-    v.add_argument("--lr", type=_positive_float, help="override the documented learning rate")
-    v.add_argument("--steps", type=_positive_int, help="cap on the steps of each run")
-    v.add_argument("--threads", type=_positive_int, default=1, help="torch.set_num_threads (default 1)")
+    v.add_argument("--lr", type=positive_float, help="override the documented learning rate")
+    v.add_argument("--steps", type=positive_int, help="cap on the steps of each run")
+    v.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")
     v.add_argument("--json", metavar="PATH", help="write the distribution (the reference format) here")
     v.add_argument("--check", action="store_true",
                    help="check the runs against the shipped reference (exit 1 when inconsistent)")

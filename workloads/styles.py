@@ -109,11 +109,23 @@ class DataLoaderBatcher:
 
     The plan's batches are given as the ``batch_sampler`` (index lists prepared once,
     outside the timed region), so the rows and their order are those of every style.
+    In-order batches repeat (classification's full batch 50,000 times): each distinct
+    slice becomes one shared list, not one list per step.
     """
 
     def __init__(self, split: Split, plan: List[List[BatchEntry]]):
         self.dataset = TensorDataset(split.X_train, split.y_train)
-        self.plan = [[as_index_list(e) for e in epoch] for epoch in plan]
+        lists: dict = {}
+
+        def index_list(entry: BatchEntry) -> List[int]:
+            if not isinstance(entry, slice):
+                return as_index_list(entry)
+            key = (entry.start, entry.stop)
+            if key not in lists:
+                lists[key] = as_index_list(entry)
+            return lists[key]
+
+        self.plan = [[index_list(e) for e in epoch] for epoch in plan]
 
     def epoch(self, index: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         return iter(DataLoader(self.dataset, batch_sampler=self.plan[index]))

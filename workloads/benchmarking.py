@@ -91,8 +91,10 @@ __all__ = [
     "SCALING_WORKLOADS",
     "THREADS",
     "WARMUP_STEPS",
+    "Diverged",
     "Prepared",
     "Unavailable",
+    "check_finite",
     "error_value",
     "gpu_config",
     "grid",
@@ -166,6 +168,20 @@ def _configure(workload: str, style: str, placement: str, **overrides) -> RunCon
 # timing: one step, one epoch
 
 
+class Diverged(RuntimeError):
+    """The run's training loss went NaN or infinite: it has no time to report."""
+
+
+def check_finite(result: RunResult) -> RunResult:
+    """``result``, or :class:`Diverged` when the run diverged (a benchmark never times a diverged run)."""
+    if result.diverged:
+        raise Diverged(
+            f"{result.workload}/{result.style}/{result.device}: diverged at step {result.diverged_at_step} "
+            f"(NaN or infinite training loss, lr {result.lr:g}); no time is reported"
+        )
+    return result
+
+
 class Prepared:
     """A trainer and batcher built on the device and warmed up, ready to be timed.
 
@@ -201,9 +217,22 @@ class Prepared:
         self._batches = iter(())  # the next step() starts the following epoch
 
     def warm_up(self, steps: int) -> "Prepared":
-        for _ in range(steps):
-            self.step()
+        """``steps`` steps, each loss checked (untimed): a run that diverges is never timed."""
+        for index in range(steps):
+            loss = self.trainer.step(*self._next_batch())
+            self.sync()
+            if not bool(torch.isfinite(loss).all()):
+                c = self.config
+                raise Diverged(f"{c.workload.name}/{c.style.name}/{c.placement.name}: diverged at warm-up "
+                               f"step {index + 1} (NaN or infinite training loss); nothing is timed")
         return self
+
+    def check(self) -> None:
+        """After timing: :class:`Diverged` if the model's training loss is no longer finite."""
+        if not math.isfinite(self.quality()["train_loss"]):
+            c = self.config
+            raise Diverged(f"{c.workload.name}/{c.style.name}/{c.placement.name}: diverged during the timed "
+                           "steps (NaN or infinite training loss); the time is not a result")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -337,7 +366,7 @@ def training_run(workload: str, style: str, placement: str, steps: int) -> RunRe
     """A run through the runner of at most ``steps`` optimizer steps."""
     pin_threads()
     config = _configure(workload, style, placement, steps=steps)
-    return run(config)
+    return check_finite(run(config))
 
 
 def quality_run(workload: str, style: str, placement: str, steps: int = QUALITY_STEPS) -> RunResult:
@@ -361,7 +390,7 @@ def smoke_target_config(workload: str, style: str, placement: str, steps: int) -
 def run_to_target(config: RunConfig) -> RunResult:
     """Train until the quality target (or the step cap); raise if it is not reached."""
     pin_threads()
-    result = run(config)
+    result = check_finite(run(config))
     if not result.reached_target:
         raise RuntimeError(
             f"{result.workload}/{result.style}/{result.device}: {result.metric} target {result.target:g} "

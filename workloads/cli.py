@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 from typing import List, Optional, Sequence
 
 from .console import check_json_path, format_table, positive_float, positive_int, progress_bar, seconds, write_json_atomic
 from .console import seed as seed_type
-from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, compare, configure, distributed, run
+from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, compare, configure, distributed, run
 
 PROG = "torchloops"
 
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--step-losses", action="store_true",
                    help="keep every step's training loss (of the global batch) in the JSON records")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms(True), cuDNN deterministic (recorded in the JSON)")
+    r.add_argument("--save", metavar="PATH",
+                   help="one workload and one style: save the trained model (and torch.optim state) here")
     compare.add_commands(sub)  # compare, converge (workloads/compare.py)
     return parser
 
@@ -62,10 +67,14 @@ def _row(record: dict) -> List[str]:
     arrow = ">=" if record["higher_is_better"] else "<="
     notes = []
     if record["diverged"]:
-        notes.append("DIVERGED")
+        at = record.get("diverged_at_step")
+        notes.append("DIVERGED" + (f" at step {at}" if at is not None else ""))
     if record["dead_classes"]:
         notes.append(f"dead class {','.join(map(str, record['dead_classes']))} (never predicted)")
     reached = f"step {record['steps_to_target']}" if record["reached_target"] else "not reached"
+    times = [record["time_to_target_s"], record["step_time_median_s"], record["train_time_s"]]
+    if record["diverged"]:
+        times = [None] * 3  # a diverged run's time is not a result
     device = record["device"]
     if record.get("backend"):
         device += f" {record['world_size']}x{record['backend']}"
@@ -73,8 +82,7 @@ def _row(record: dict) -> List[str]:
         record["workload"], record["style"], device, str(record["steps"]),
         f"{record['final_train_loss']:.5g}", f"{record['test_loss']:.5g}",
         f"{record['metric']}={record['metric_value']:.4g}", f"{arrow} {record['target']:g}",
-        reached, seconds(record["time_to_target_s"]), seconds(record["step_time_median_s"]),
-        seconds(record["train_time_s"]), "; ".join(notes),
+        reached, *map(seconds, times), "; ".join(notes),
     ]
 
 
@@ -129,7 +137,7 @@ def _rank_argv(args, json_path: str) -> List[str]:
         if value is not None:
             argv += [flag, repr(value) if isinstance(value, float) else str(value)]
     for flag, on in (("--until-target", args.until_target), ("--quiet", args.quiet),
-                     ("--step-losses", args.step_losses)):
+                     ("--step-losses", args.step_losses), ("--deterministic", args.deterministic)):
         if on:
             argv.append(flag)
     return argv
@@ -159,21 +167,35 @@ def _launch_ranks(args) -> int:
 
 
 def _diverged_status(records) -> int:
+    """Exit 1 with one line when any run diverged: its numbers are not a result."""
     diverged = [r for r in records if r["diverged"]]
     if diverged:
-        print(f"{PROG}: {len(diverged)} run(s) diverged (non-finite loss)", file=sys.stderr)
+        where = ", ".join(
+            f"{r['workload']}/{r['style']} at step {r.get('diverged_at_step')} (lr {r['lr']:g})" for r in diverged
+        )
+        print(f"{PROG}: error: {len(diverged)} run(s) diverged (NaN or infinite training loss): {where}",
+              file=sys.stderr)
         return 1
     return 0
 
 
 def cmd_run(args) -> int:
-    if args.json:
+    if args.json is not None:
         check_json_path(args.json)
+    if args.save is not None:
+        if args.workload == "all" or args.style == "all":
+            raise UsageError("--save keeps one model: name one workload and one --style")
+        if args.device == "ddp":
+            raise UsageError("--save applies to single-process runs, not --device ddp")
+        check_json_path(args.save, "--save")
+        if args.nproc is not None:
+            raise UsageError("--save applies to single-process runs, not --nproc")
     rank_mode = _check_ddp_arguments(args)
     names = WORKLOADS.names() if args.workload == "all" else [args.workload]
     styles = STYLES.names() if args.style == "all" else [args.style]
     overrides = dict(epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                     threads=args.threads, until_target=args.until_target, nproc=args.nproc)
+                     threads=args.threads, until_target=args.until_target, nproc=args.nproc,
+                     deterministic=args.deterministic)
     # Check every combination before training anything: bad input never costs a run.
     planned = []
     for name in names:
@@ -204,14 +226,21 @@ def _run_planned(args, planned, rank_mode: bool) -> int:
         if bar is not None:
             bar.reset(total=config.total_steps)
         progress = (lambda step, total: bar.update(step - bar.n)) if bar is not None else None
+        hook = None
+        if args.save:
+            trained = {}
+            hook = lambda trainer: trained.update(trainer=trainer)  # noqa: E731  (saved below unless diverged)
         try:
-            result = run(config, progress=progress, record_step_losses=args.step_losses)
+            result = run(config, progress=progress, record_step_losses=args.step_losses, trainer_hook=hook)
         finally:
             if bar is not None:
                 bar.close()
         record = result.to_dict()
         records.append(record)
         rows.append(_row(record))
+        if args.save and not result.diverged:  # a diverged model is not saved over a good one
+            checkpoint.save_trainer(args.save, name, trained["trainer"],
+                                    info={"style": style, "seed": args.seed, "steps": result.steps})
     if not main_process:
         return 0
     print(format_table(RUN_HEADERS, rows), flush=True)
@@ -225,16 +254,43 @@ def _run_planned(args, planned, rank_mode: bool) -> int:
 COMMANDS = {"list": cmd_list, "run": cmd_run, "compare": compare.cmd_compare, "converge": compare.cmd_converge}
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt, so every finally removes its temporary file."""
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated()
+
+
+def _on_sigterm():
+    """Install the SIGTERM handler for the duration of a command (main thread only); returns the undo."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    restore = _on_sigterm()
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as error:
-        print(f"{_who()}: error: {error}", file=sys.stderr)
+        print(f"{_who()}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted (SIGINT); files written before are unchanged", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{PROG}: terminated (SIGTERM); files written before are unchanged", file=sys.stderr)
+        return 143
+    finally:
+        restore()
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _who() -> str:

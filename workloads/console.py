@@ -82,9 +82,13 @@ def progress_bar(quiet: bool, label: str, total: Optional[int] = None, unit: str
 
 def check_json_path(path: str, option: str = "--json") -> None:
     """Fail before any work if ``path`` cannot be written."""
+    if not path or "\0" in path:
+        raise UsageError(f"{option} {path!r} is not a usable file path")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"{option} {path!r} is a directory; give a file path")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{option} {path!r}: {folder!r} is a file, not a folder")
     if not os.path.isdir(folder):
         raise UsageError(f"{option} {path!r}: folder {folder!r} does not exist")
     if not os.access(folder, os.W_OK):
@@ -92,17 +96,32 @@ def check_json_path(path: str, option: str = "--json") -> None:
 
 
 def write_json_atomic(path: str, payload) -> None:
-    """Write to a temporary file beside ``path`` and rename: never a half-written file."""
+    """Write to a temporary file beside ``path`` and rename: never a half-written file.
+
+    Interrupted at any point (an exception, SIGINT, SIGTERM through the CLI's handler),
+    the previous ``path`` is untouched and the temporary file is removed.  Concurrent
+    writers to one path: each rename is atomic, the last one wins, never a mixture.
+    A folder that cannot be written is a :class:`UsageError` (one line).
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".json.tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".json.tmp", dir=folder)
+    except OSError as error:
+        raise UsageError(f"cannot write {path!r}: {error.strerror or error}") from None
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=1)
             handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a results file wants
         os.replace(tmp, path)
+    except OSError as error:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write {path!r}: {error.strerror or error}") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

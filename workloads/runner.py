@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 import time
 from collections import OrderedDict
@@ -31,6 +32,8 @@ from .registry import UsageError, Workload, get_workload
 from .styles import STYLES
 
 MAX_SEED = 2**32 - 1  # sklearn's random_state range
+MAX_STEPS = 10_000_000  # 200x the longest documented run (classification, 50,000 steps)
+MAX_THREADS = 1024  # torch.set_num_threads far beyond this crashes the process (100,000: segfault)
 
 
 class Unavailable(Exception):
@@ -52,6 +55,7 @@ class RunConfig:
     until_target: bool
     eval_every: int
     split: Split = field(repr=False)
+    deterministic: bool = False
 
     @property
     def optimizer(self):
@@ -88,6 +92,8 @@ class RunResult:
     train_time_s: float
     until_target: bool
     diverged: bool
+    diverged_at_step: Optional[int] = None  # the first step whose training loss was NaN or infinite
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) during the run
     dead_classes: Optional[List[int]] = None
     confusion_matrix: Optional[List[List[int]]] = None
     history: List[dict] = field(default_factory=list)
@@ -100,14 +106,23 @@ class RunResult:
 
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+        raise UsageError(f"--{name} must be a positive integer, got {_short(value)}")
     return value
 
 
 def _positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise UsageError(f"--{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
+    except OverflowError:  # an int beyond float range
+        number = math.inf
+    if not math.isfinite(number) or number <= 0:
+        raise UsageError(f"--{name} must be a positive finite number, got {_short(value)}")
+    return number
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def configure(
@@ -124,6 +139,7 @@ def configure(
     until_target: bool = False,
     eval_every: Optional[int] = None,
     nproc: Optional[int] = None,
+    deterministic: bool = False,
 ) -> RunConfig:
     """Check every input and resolve the documented defaults.
 
@@ -136,10 +152,12 @@ def configure(
     st = STYLES.get(style)
     placement = PLACEMENTS.get(device)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+        raise UsageError(f"--seed must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
     epochs = wl.epochs if epochs is None else _positive_int("epochs", epochs)
     lr = wl.optimizer.lr if lr is None else _positive_float("lr", lr)
     threads = _positive_int("threads", threads)
+    if threads > MAX_THREADS:
+        raise UsageError(f"--threads {_short(threads)} is more than {MAX_THREADS}; valid: 1 to {MAX_THREADS}")
     if steps is not None:
         _positive_int("steps", steps)
     if eval_every is not None:
@@ -156,7 +174,7 @@ def configure(
         _positive_int("batch-size", batch_size)
         if batch_size > split.n_train:
             raise UsageError(
-                f"--batch-size {batch_size} is larger than {wl.name}'s {split.n_train} training rows; "
+                f"--batch-size {_short(batch_size)} is larger than {wl.name}'s {split.n_train} training rows; "
                 f"valid: 1 to {split.n_train}"
             )
     available = placement.launch_availability(nproc) if launching else placement.availability()
@@ -168,6 +186,11 @@ def configure(
         _check_shardable(wl, split.n_train, batch_size, world, launching)
     per_epoch = steps_per_epoch(split.n_train, batch_size, wl.steps_per_epoch)
     total = epochs * per_epoch if steps is None else min(steps, epochs * per_epoch)
+    if total > MAX_STEPS:
+        raise UsageError(
+            f"{wl.name}: {_short(epochs)} epoch(s) of {per_epoch} step(s) is {_short(total)} steps, more than {MAX_STEPS}; "
+            "lower --epochs or cap with --steps"
+        )
     return RunConfig(
         workload=wl,
         style=st,
@@ -182,6 +205,7 @@ def configure(
         until_target=bool(until_target),
         eval_every=eval_every or wl.eval_every or per_epoch,
         split=split,
+        deterministic=bool(deterministic),
     )
 
 
@@ -256,6 +280,29 @@ def build(config: RunConfig):
     return trainer, config.placement.batcher(config.style.make_batcher, split, plan), plan, split
 
 
+def _set_deterministic(on: bool) -> Callable[[], None]:
+    """``--deterministic``: deterministic algorithms (error on a nondeterministic op), cuDNN
+    deterministic and not benchmarking, cuBLAS's fixed workspace; returns the undo."""
+    if not on:
+        return lambda: None
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+    def restore() -> None:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+    return restore
+
+
 def run(
     config: RunConfig,
     *,
@@ -272,6 +319,7 @@ def run(
     wl, placement = config.workload, config.placement
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    restore_determinism = _set_deterministic(config.deterministic)
     try:
         placement.reset_peak_memory()
         trainer, batcher, plan, split = build(config)
@@ -281,20 +329,37 @@ def run(
         step, elapsed = 0, 0.0
         steps_to_target = time_to_target = None
         diverged = False
+        diverged_at_step = None
         last = None
+        several_ranks = placement.world_size() > 1
         placement.sync()  # the data and model copies to the device are not the first step's time
         for epoch_index in range(len(plan)):
             clock = time.perf_counter()
             for batch in batcher.epoch(epoch_index):
-                loss = trainer.step(*batch)
+                try:
+                    loss = trainer.step(*batch)
+                except RuntimeError as error:
+                    # e.g. Adam's lr / bias correction beyond float32: the update itself
+                    # overflows before any loss is non-finite.  That is divergence too.
+                    if "overflow" not in str(error):
+                        raise
+                    loss = torch.full((), math.inf, dtype=wl.dtype, device=placement.device())
                 placement.sync()
                 now = time.perf_counter()
                 step_times.append(now - clock)
                 elapsed += now - clock
                 losses.append(loss)
                 step += 1
-                if step % config.eval_every and step != config.total_steps:
-                    clock = now
+                # Divergence within one step, outside the timed region: the step loss is a
+                # 0-dim tensor the sync above has already waited for (no extra host sync on
+                # CUDA beyond reading one value); ddp ranks agree so that all stop together.
+                bad = not bool(torch.isfinite(loss).all())
+                if several_ranks:
+                    bad = placement.agree(bad)
+                if bad and diverged_at_step is None:
+                    diverged, diverged_at_step = True, step
+                if not bad and step % config.eval_every and step != config.total_steps:
+                    clock = time.perf_counter()  # the check above is not the next step's time
                     continue
                 last = evaluate(trainer, wl, split)
                 history.append(
@@ -309,9 +374,9 @@ def run(
                 )
                 if progress is not None:
                     progress(step, config.total_steps)
-                if not math.isfinite(last["train_loss"]):
-                    diverged = True
-                if steps_to_target is None and wl.metric.reached(last["metric_value"], wl.target):
+                if not math.isfinite(last["train_loss"]) and diverged_at_step is None:
+                    diverged, diverged_at_step = True, step
+                if not diverged and steps_to_target is None and wl.metric.reached(last["metric_value"], wl.target):
                     steps_to_target, time_to_target = step, elapsed
                 # ddp: every rank evaluates its identical replica; all of them stop together
                 if placement.agree(diverged or (config.until_target and steps_to_target is not None)):
@@ -328,6 +393,7 @@ def run(
         peak_memory = placement.peak_memory_bytes()
     finally:
         torch.set_num_threads(previous_threads)
+        restore_determinism()
 
     matrix = dead = None
     if wl.metric.is_classification:
@@ -361,6 +427,8 @@ def run(
         train_time_s=elapsed,
         until_target=config.until_target,
         diverged=diverged,
+        diverged_at_step=diverged_at_step,
+        deterministic=config.deterministic,
         dead_classes=dead,
         confusion_matrix=matrix,
         history=history,

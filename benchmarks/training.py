@@ -32,6 +32,11 @@ class Training(Benchmark):
     def setup(self, workload, style, placement):
         self.prepared = skip_unavailable(benchmarking.prepare, workload, style, placement)
 
+    def teardown(self, workload, style, placement):
+        # A model that diverged during the timed calls has no time to report: fail it.
+        if hasattr(self, "prepared"):
+            self.prepared.check()
+
     def time_step(self, workload, style, placement):
         self.prepared.step()
 

@@ -11,11 +11,27 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import List
 
-STYLE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+# matplotlib's tab10 without its grey (the peers' colour): nine styles before a colour repeats
+STYLE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 PEER_COLOR = "#7f7f7f"
 PEER_MARKERS = ["s", "^", "D", "v"]
+
+
+def _save_atomic(fig, path: str) -> None:
+    """Render to a temporary file beside ``path``, then rename: a killed run leaves the old plot."""
+    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=90, format="png")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _pyplot():
@@ -70,7 +86,7 @@ def plot_curves(document: dict, path: str) -> str:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_atomic(fig, path)
     plt.close(fig)
     return path
 
@@ -119,7 +135,7 @@ def plot_time_to_target(document: dict, path: str) -> str:
         ax.set_xlim(lo / 2, hi * 8)
     axes[-1][0].set_xlabel("seconds (training steps only for styles; whole fit for sklearn peers, grey)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save_atomic(fig, path)
     plt.close(fig)
     return path
 

@@ -17,6 +17,7 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, to_split
+from .fused import cross_entropy_with_grad_t, relu_backward
 from .losses import accuracy, raw_cross_entropy
 from .registry import Metric, OptimizerSpec, Workload, register_workload
 
@@ -58,6 +59,20 @@ def raw_forward(params, x):
     return torch.relu(hidden.mm(w2.t()) + b2)
 
 
+def fused_grads(params, x, y):
+    """MyNet's forward and its hand-derived backward, feature-major (activations are
+    ``(features, N)``, so the softmax runs over a long contiguous dimension):
+    ``dz = (softmax(z) - one_hot) / N``, masked where a ReLU's output is 0 (the logits'
+    ReLU too), ``dW2 = dz h^T``, ``dh = W2^T dz`` masked, ``dW1 = dh x``; biases: row sums."""
+    w1, b1, w2, b2 = params
+    hidden = torch.relu(torch.addmm(b1.unsqueeze(1), w1, x.t()))  # (10, N)
+    logits = torch.relu(torch.addmm(b2.unsqueeze(1), w2, hidden))  # (3, N)
+    loss, d_logits = cross_entropy_with_grad_t(logits, y)
+    d_out = relu_backward(d_logits, logits)
+    d_hidden = relu_backward(w2.t().mm(d_out), hidden)
+    return loss, [d_hidden.mm(x), d_hidden.sum(1), d_out.mm(hidden.t()), d_out.sum(1)]
+
+
 WORKLOAD = register_workload(
     Workload(
         name="classification",
@@ -68,6 +83,7 @@ WORKLOAD = register_workload(
         build_sequential=build_sequential,
         raw_forward=raw_forward,
         raw_loss=raw_cross_entropy,
+        fused_grads=fused_grads,
         criterion=nn.CrossEntropyLoss,
         optimizer=OptimizerSpec("sgd", lr=0.001, momentum=0.9),
         epochs=50,

@@ -18,6 +18,7 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, to_split
+from .fused import cross_entropy_with_grad_t, linear_backward, relu_backward
 from .losses import accuracy, raw_cross_entropy
 from .registry import Metric, OptimizerSpec, Workload, register_workload
 
@@ -79,6 +80,44 @@ def raw_forward(params, x):
     return x.mm(w3.t()) + b3
 
 
+_aten = torch.ops.aten
+
+
+def _conv_backward(grad, x, weight, need_input: bool):
+    """``conv2d(x, weight, bias)`` (stride 1, no padding): ``(dx or None, dweight, dbias)``,
+    with the one ATen kernel autograd itself calls."""
+    return _aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_input, True, True]
+    )
+
+
+def _pool_backward(grad, x, indices):
+    """``max_pool2d(x, 2)``: the gradient goes back to the arg-max of each window."""
+    return _aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+
+
+def fused_grads(params, x, y):
+    """LeNet forward keeping what the backward needs (ReLU outputs, pooling arg-max
+    indices), then the chain rule layer by layer, top to bottom."""
+    c1w, c1b, c2w, c2b, w1, b1, w2, b2, w3, b3 = params
+    r1 = torch.relu(F.conv2d(x, c1w, c1b))
+    p1, i1 = F.max_pool2d(r1, 2, return_indices=True)
+    r2 = torch.relu(F.conv2d(p1, c2w, c2b))
+    p2, i2 = F.max_pool2d(r2, 2, return_indices=True)
+    flat = p2.reshape(p2.shape[0], -1)
+    h1 = torch.relu(torch.addmm(b1, flat, w1.t()))
+    h2 = torch.relu(torch.addmm(b2, h1, w2.t()))
+    loss, d_logits_t = cross_entropy_with_grad_t(torch.addmm(b3.unsqueeze(1), w3, h2.t()), y)  # class-major
+    d_h2, g_w3, g_b3 = d_logits_t.t().mm(w3), d_logits_t.mm(h2), d_logits_t.sum(1)
+    d_h1, g_w2, g_b2 = linear_backward(relu_backward(d_h2, h2), h1, w2)
+    d_flat, g_w1, g_b1 = linear_backward(relu_backward(d_h1, h1), flat, w1)
+    d_r2 = _pool_backward(d_flat.view_as(p2), r2, i2)
+    d_p1, g_c2w, g_c2b = _conv_backward(relu_backward(d_r2, r2), p1, c2w, need_input=True)
+    d_r1 = _pool_backward(d_p1, r1, i1)
+    _, g_c1w, g_c1b = _conv_backward(relu_backward(d_r1, r1), x, c1w, need_input=False)
+    return loss, [g_c1w, g_c1b, g_c2w, g_c2b, g_w1, g_b1, g_w2, g_b2, g_w3, g_b3]
+
+
 def one_sample_step(seed: int = 0, lr: float = 0.01):
     """The notes' check, step by step: one random image, ``MSELoss`` against a random
     target, ``backward``, then the manual update ``f.data.sub_(f.grad.data * lr)``.
@@ -113,6 +152,7 @@ WORKLOAD = register_workload(
         build_sequential=build_sequential,
         raw_forward=raw_forward,
         raw_loss=raw_cross_entropy,
+        fused_grads=fused_grads,
         criterion=nn.CrossEntropyLoss,
         optimizer=OptimizerSpec("sgd", lr=0.01),
         epochs=30,

@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from .losses import mse, raw_mse
-from .mlp_sgd import OneHiddenLayer, make_data_as, one_hidden_layer_raw, one_hidden_layer_sequential
+from .fused import sigmoid_backward
+from .mlp_sgd import (
+    OneHiddenLayer,
+    make_data_as,
+    one_hidden_layer_fused,
+    one_hidden_layer_raw,
+    one_hidden_layer_sequential,
+)
 from .registry import Metric, OptimizerSpec, Workload, register_workload
 
 
@@ -33,6 +40,7 @@ WORKLOAD = register_workload(
         build_sequential=lambda: one_hidden_layer_sequential(nn.Sigmoid()),
         raw_forward=one_hidden_layer_raw(torch.sigmoid),
         raw_loss=raw_mse,
+        fused_grads=one_hidden_layer_fused(torch.sigmoid, sigmoid_backward),
         criterion=nn.MSELoss,
         optimizer=OptimizerSpec("adam", lr=0.001),
         epochs=1000,

@@ -1,4 +1,5 @@
-"""The two optimizer tables: ``torch.optim`` for the nn styles, hand-written for ``raw``.
+"""The optimizer tables: ``torch.optim`` for the nn styles (its fastest implementation for
+``tuned``), hand-written for ``raw``.
 
 Hand-written parameter updates for the ``raw`` style:
 
@@ -66,6 +67,27 @@ class RawAdam:
 TORCH_OPTIMIZERS = {
     "sgd": lambda params, spec: torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum),
     "adam": lambda params, spec: torch.optim.Adam(params, lr=spec.lr),
+}
+
+
+def _fastest_implementation(device: torch.device) -> dict:
+    """``fused=True`` where torch has a fused kernel for the device, else ``foreach=True``."""
+    try:
+        devices = torch.utils._foreach_utils._get_fused_kernels_supported_devices()
+    except AttributeError:  # older torch: fused kernels on CUDA only
+        devices = ["cuda"]
+    return {"fused": True} if device.type in devices else {"foreach": True}
+
+
+def _tuned(cls, params, **kwargs):
+    params = list(params)
+    return cls(params, **kwargs, **_fastest_implementation(params[0].device))
+
+
+# The ``tuned`` style's table: torch.optim with its fastest implementation on the device.
+TUNED_OPTIMIZERS = {
+    "sgd": lambda params, spec: _tuned(torch.optim.SGD, params, lr=spec.lr, momentum=spec.momentum),
+    "adam": lambda params, spec: _tuned(torch.optim.Adam, params, lr=spec.lr),
 }
 RAW_OPTIMIZERS = {
     "sgd": lambda params, spec: RawSGD(params, lr=spec.lr, momentum=spec.momentum),

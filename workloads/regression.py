@@ -15,6 +15,7 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, standardise, to_split
+from .fused import linear_backward, mse_with_grad
 from .losses import mse, raw_mse
 from .registry import Metric, OptimizerSpec, Workload, register_workload
 
@@ -54,6 +55,14 @@ def raw_forward(params, x):
     return x.mm(w.t()) + b
 
 
+def fused_grads(params, x, y):
+    """``Linear(5, 1)`` and MSE by hand: ``d = 2 (x w^T + b - y) / N``, ``dw = d^T x``, ``db = sum d``."""
+    w, b = params
+    loss, d = mse_with_grad(torch.addmm(b, x, w.t()), y)
+    _, g_w, g_b = linear_backward(d, x, w, need_input=False)
+    return loss, [g_w, g_b]
+
+
 WORKLOAD = register_workload(
     Workload(
         name="regression",
@@ -64,6 +73,7 @@ WORKLOAD = register_workload(
         build_sequential=build_sequential,
         raw_forward=raw_forward,
         raw_loss=raw_mse,
+        fused_grads=fused_grads,
         criterion=nn.MSELoss,
         optimizer=OptimizerSpec("sgd", lr=0.01),
         epochs=400,

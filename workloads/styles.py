@@ -1,9 +1,16 @@
-"""The four ways of writing the same training step.
+"""The ways of writing the same training step.
 
 A style is a trainer (how the forward, the loss and the update are written) and a
 batcher (how a step gets its rows).  ``module``, ``sequential`` and ``dataloader``
 share one trainer; ``dataloader`` is the ``nn.Module`` model fed by a
 ``TensorDataset`` + ``DataLoader`` instead of manual slicing, as the notes do it.
+
+Three more measure the distance between a program as written and the fastest correct
+one: ``as_written`` (the notes' habits: each batch re-created from numpy, the graph
+retained), ``tuned`` (the ``nn.Module`` model with the levers a user would adopt:
+pre-indexed batches, torch.optim's fused/foreach kernels, gradients set to None,
+evaluation under ``inference_mode``) and ``fused`` (no autograd: the workload's
+hand-derived gradients, :mod:`workloads.fused`).
 Every trainer starts from the same initial parameters (the runner hands them over
 by name, in ``build_module`` order) and every batcher follows the same batch plan.
 """
@@ -19,7 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .data import BatchEntry, Split, as_index_list
-from .optimizers import RAW_OPTIMIZERS, TORCH_OPTIMIZERS
+from .fused import FusedTrainer, PreIndexedBatcher, ShardedFusedTrainer
+from .optimizers import RAW_OPTIMIZERS, TORCH_OPTIMIZERS, TUNED_OPTIMIZERS
 from .registry import OptimizerSpec, Table, Workload
 
 STYLES = Table("style")
@@ -67,12 +75,14 @@ class RawTrainer:
 class ModuleTrainer:
     """An ``nn.Module`` (or ``nn.Sequential``), the ``torch.nn`` criterion and a ``torch.optim`` optimizer."""
 
+    optimizers = TORCH_OPTIMIZERS  # the tuned trainer: their fused/foreach implementations
+
     def __init__(self, model: nn.Module, workload: Workload, params: Params, placement, spec: OptimizerSpec):
         self.names = list(params)
         self.module = model
         self.model = placement.wrap(model)
         self.criterion = workload.criterion()
-        self.optimizer = TORCH_OPTIMIZERS[spec.kind](model.parameters(), spec)
+        self.optimizer = self.optimizers[spec.kind](model.parameters(), spec)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad()
@@ -90,6 +100,79 @@ class ModuleTrainer:
         return OrderedDict(
             (n, p.detach().clone()) for n, p in zip(self.names, self.module.parameters())
         )
+
+
+class TunedTrainer(ModuleTrainer):
+    """The ``nn.Module`` model as a user tuning it would write it: torch.optim's fused (or
+    foreach) kernels, gradients set to None, evaluation under ``torch.inference_mode``."""
+
+    optimizers = TUNED_OPTIMIZERS
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.criterion(self.model(xb), yb)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(x)
+
+
+class AsWrittenTrainer(ModuleTrainer):
+    """The notes' method 2 as written: ``loss.backward(retain_graph=True)`` every step, so
+    each step's graph buffers are kept until the loss is dropped."""
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad()
+        loss = self.criterion(self.model(xb), yb)
+        loss.backward(retain_graph=True)
+        self.optimizer.step()
+        return loss.detach()
+
+
+class _ShardedStep:
+    """The nn step under DDP, as ``distributed.ShardedModuleTrainer`` writes it: the model is
+    wrapped in ``DistributedDataParallel`` (which averages the gradients), the loss weighted by
+    ``share * world``; evaluation on this rank's replica."""
+
+    retain_graph = False
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, share: float) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.criterion(self.model(xb), yb)
+        (loss * (share * torch.distributed.get_world_size())).backward(retain_graph=self.retain_graph)
+        self.optimizer.step()
+        return loss.detach() * share
+
+
+class ShardedTunedTrainer(_ShardedStep, TunedTrainer):
+    pass
+
+
+class ShardedAsWrittenTrainer(_ShardedStep, AsWrittenTrainer):
+    retain_graph = True
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+# The rank-aware trainers of the styles defined here, lent to the ddp placement through
+# distributed.SHARDED_TRAINERS (registered when first built: distributed imports this module).
+_SHARDED = {
+    FusedTrainer: ShardedFusedTrainer,
+    TunedTrainer: ShardedTunedTrainer,
+    AsWrittenTrainer: ShardedAsWrittenTrainer,
+}
+
+
+def _trainer_class(placement, cls):
+    from . import distributed
+
+    if cls in _SHARDED:
+        distributed.SHARDED_TRAINERS.setdefault(cls, _SHARDED[cls])
+    return placement.trainer_class(cls)
 
 
 class SliceBatcher:
@@ -131,6 +214,27 @@ class DataLoaderBatcher:
         return iter(DataLoader(self.dataset, batch_sampler=self.plan[index]))
 
 
+class AsWrittenBatcher:
+    """The notes' habit of re-creating tensors from numpy every step (classification builds
+    its training tensors with ``torch.tensor`` inside the loop; method 2 re-wraps each batch):
+    the training split kept as numpy arrays (X in float64, as sklearn returns it), each batch
+    cut from them and converted with ``torch.tensor(..., dtype=...)``.  The values are the
+    other styles' exactly (float32 -> float64 -> float32 is exact)."""
+
+    def __init__(self, split: Split, plan: List[List[BatchEntry]]):
+        self.X = split.X_train.cpu().double().numpy()
+        self.y = split.y_train.cpu().numpy()
+        self.x_dtype, self.y_dtype, self.device = split.X_train.dtype, split.y_train.dtype, split.X_train.device
+        self.plan = [[e if isinstance(e, slice) else e.numpy() for e in epoch] for epoch in plan]
+
+    def epoch(self, index: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for rows in self.plan[index]:
+            yield (
+                torch.tensor(self.X[rows], dtype=self.x_dtype, device=self.device),
+                torch.tensor(self.y[rows], dtype=self.y_dtype, device=self.device),
+            )
+
+
 @dataclass(frozen=True)
 class Style:
     name: str
@@ -145,13 +249,17 @@ def _raw_trainer(workload: Workload, params: Params, placement, spec: OptimizerS
     return placement.trainer_class(RawTrainer)(workload, params, placement, spec)
 
 
-def _module_trainer(build: Callable[[Workload], nn.Module]) -> Callable:
+def _module_trainer(build: Callable[[Workload], nn.Module], cls=ModuleTrainer) -> Callable:
     def make(workload: Workload, params: Params, placement, spec: OptimizerSpec) -> ModuleTrainer:
         first = next(iter(params.values()))
         model = load_parameters(build(workload).to(first.dtype), params).to(placement.device())
-        return placement.trainer_class(ModuleTrainer)(model, workload, params, placement, spec)
+        return _trainer_class(placement, cls)(model, workload, params, placement, spec)
 
     return make
+
+
+def _fused_trainer(workload: Workload, params: Params, placement, spec: OptimizerSpec) -> FusedTrainer:
+    return _trainer_class(placement, FusedTrainer)(workload, params, placement, spec)
 
 
 STYLES.register(
@@ -188,5 +296,34 @@ STYLES.register(
         _module_trainer(lambda w: w.build_module()),
         DataLoaderBatcher,
         uses_module=True,
+    )
+)
+STYLES.register(
+    Style(
+        "as_written",
+        "the nn.Module model as the notes' loops write it: each batch re-created from numpy "
+        "with torch.tensor, backward(retain_graph=True)",
+        _module_trainer(lambda w: w.build_module(), AsWrittenTrainer),
+        AsWrittenBatcher,
+        uses_module=True,
+    )
+)
+STYLES.register(
+    Style(
+        "tuned",
+        "the nn.Module model, pre-indexed batches, torch.optim fused/foreach, grads set to None, "
+        "inference_mode evaluation",
+        _module_trainer(lambda w: w.build_module(), TunedTrainer),
+        PreIndexedBatcher,
+        uses_module=True,
+    )
+)
+STYLES.register(
+    Style(
+        "fused",
+        "no autograd: hand-derived gradients, _foreach in-place updates, pre-indexed batches",
+        _fused_trainer,
+        PreIndexedBatcher,
+        uses_module=False,
     )
 )

@@ -1,0 +1,159 @@
+"""Compiled mode: ``torch.compile`` of the ``module`` style's whole training step.
+
+Not a registered style: compiling costs tens of seconds per workload (measured on the
+2-core CI machine: over a minute for regression's ``Linear(5, 1)``), which the
+per-style test loops (equivalence, convergence, determinism, ddp) would pay for every
+workload.  It is a measurement of its own instead, reporting the compile time apart
+from the steady-state step time:
+
+* ``compile_s``: the wall time of every call that met a batch shape for the first time
+  (the first call traces and compiles; a short last batch recompiles), step included;
+* ``step_median_s``: the median of all the other calls, against the eager ``module``
+  step's median over the same batches, in the same process;
+* ``break_even_steps``: how many steps the compile time takes to pay back (None when
+  the compiled step is not faster: it never does).
+
+``python -m workloads.compiled [WORKLOAD ...] [--steps N] [--backend inductor]
+[--rows N | --batch-size N | --hidden N]`` prints one line per workload (``--json PATH``
+writes the records); the size options are the scaling benchmarks' (one at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from typing import List, Optional
+
+import torch
+
+from .registry import WORKLOADS
+from .runner import build, configure
+
+
+def _step_function(trainer):
+    model, criterion, optimizer = trainer.model, trainer.criterion, trainer.optimizer
+
+    def train_step(xb, yb):
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return train_step
+
+
+def _batches(config):
+    _trainer, batcher, plan, _split = build(config)
+    return [b for i in range(len(plan)) for b in batcher.epoch(i)]
+
+
+def _config(workload: str, steps: int, seed: int, scale: dict):
+    if not scale:
+        return configure(workload, "module", "cpu", seed, steps=steps)
+    from .benchmarking import scaled_config  # the scaling benchmarks' sizes (rows, batch_size, hidden)
+
+    config = scaled_config(workload, **scale)
+    epochs = -(-steps // config.steps_per_epoch)
+    return dataclasses.replace(config, epochs=epochs, total_steps=steps, eval_every=steps)
+
+
+def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "inductor",
+            mode: Optional[str] = None, threads: int = 1, **scale) -> dict:
+    """Eager and compiled ``module`` steps over the same batches from the same parameters.
+
+    ``scale`` (``rows=``, ``batch_size=``, ``hidden=``) takes the scaling benchmarks'
+    configuration (:func:`workloads.benchmarking.scaled_config`) instead of the documented one."""
+    scale = {k: v for k, v in scale.items() if v is not None}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        config = _config(workload, steps, seed, scale)
+        batches = _batches(config)
+        records = {}
+        for kind in ("eager", "compiled"):
+            trainer = build(config)[0]
+            step = _step_function(trainer)
+            if kind == "compiled":
+                torch._dynamo.reset()
+                step = torch.compile(step, backend=backend, mode=mode)
+            seen, compile_s, times, losses = set(), 0.0, [], []
+            for xb, yb in batches:
+                clock = time.perf_counter()
+                loss = step(xb, yb)
+                elapsed = time.perf_counter() - clock
+                losses.append(float(loss))
+                shape = (tuple(xb.shape), tuple(yb.shape))
+                if kind == "compiled" and shape not in seen:
+                    seen.add(shape)
+                    compile_s += elapsed
+                else:
+                    times.append(elapsed)
+            records[kind] = {"compile_s": compile_s, "times": times, "losses": losses}
+    finally:
+        torch.set_num_threads(previous)
+    eager = statistics.median(records["eager"]["times"])
+    compiled = statistics.median(records["compiled"]["times"]) if records["compiled"]["times"] else float("nan")
+    gain = eager - compiled
+    rel = max(abs(a - b) / abs(b) for a, b in zip(records["compiled"]["losses"], records["eager"]["losses"]) if b)
+    return {
+        "workload": workload,
+        "scale": scale,
+        "backend": backend,
+        "mode": mode,
+        "steps": len(batches),
+        "threads": threads,
+        "torch_version": torch.__version__,
+        "compile_s": records["compiled"]["compile_s"],
+        "step_median_s": compiled,
+        "eager_step_median_s": eager,
+        "speedup": eager / compiled,
+        "break_even_steps": (records["compiled"]["compile_s"] / gain) if gain > 0 else None,
+        "max_rel_loss_diff": rel,
+    }
+
+
+def describe(r: dict) -> str:
+    pays = (f"pays back after {r['break_even_steps']:,.0f} steps" if r["break_even_steps"] is not None
+            else "never pays off (the compiled step is not faster)")
+    scale = "".join(f" {k}={v}" for k, v in r.get("scale", {}).items())
+    return (f"{r['workload']}{scale}: compile {r['compile_s']:.1f} s ({r['backend']}); step median "
+            f"{r['step_median_s'] * 1e6:.0f} us compiled vs {r['eager_step_median_s'] * 1e6:.0f} us eager "
+            f"({r['speedup']:.2f}x); {pays}; max relative loss difference {r['max_rel_loss_diff']:.1e}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workloads.compiled", description=__doc__.split("\n\n")[0])
+    parser.add_argument("workloads", nargs="*", metavar="WORKLOAD")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="inductor")
+    parser.add_argument("--mode", default=None)
+    parser.add_argument("--rows", type=int, help="training rows (the scaling benchmarks' tiling)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--hidden", type=int, help="hidden width (the MLP workloads)")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    names = args.workloads or WORKLOADS.names()
+    unknown = [n for n in names if n not in WORKLOADS.names()]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; valid: {', '.join(WORKLOADS.names())}")
+    records = []
+    for name in names:
+        records.append(measure(name, steps=args.steps, seed=args.seed, backend=args.backend, mode=args.mode,
+                               rows=args.rows, batch_size=args.batch_size, hidden=args.hidden))
+        print(describe(records[-1]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    import workloads  # noqa: F401  (registers the workloads)
+
+    sys.exit(main())

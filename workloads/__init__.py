@@ -1,4 +1,5 @@
-"""torchloops: the documented PyTorch workloads, each in four equivalent styles.
+"""torchloops: the documented PyTorch workloads, each in several equivalent styles
+(the four of the notes, plus ``fused``, ``tuned`` and ``as_written``).
 
 The public face: the registries, ``configure``/``run`` and the result record.
 Importing this package registers every workload module below.

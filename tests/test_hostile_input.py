@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import workloads as W

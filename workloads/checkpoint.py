@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from typing import Dict, Optional
 
 import torch
 from torch import nn
 
+from .console import atomic_file
 from .registry import UsageError, Workload, get_workload
 
 FORMAT = "torchloops-checkpoint"
@@ -63,21 +63,8 @@ def save(path: str, workload: str, parameters: Dict[str, torch.Tensor],
         raise CheckpointError(f"checkpoint path {path!r} is a directory; give a file path")
     if not os.path.isdir(folder):
         raise CheckpointError(f"checkpoint path {path!r}: folder {folder!r} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".pt.tmp", dir=folder)
-    except OSError as error:
-        raise CheckpointError(f"cannot write checkpoint {path!r}: {error.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a results file wants
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, ".pt", mode="wb", error=CheckpointError) as handle:
+        torch.save(payload, handle)
 
 
 def save_trainer(path: str, workload: str, trainer, info: Optional[dict] = None) -> None:

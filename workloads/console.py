@@ -7,6 +7,7 @@ nothing here knows a workload.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -95,34 +96,41 @@ def check_json_path(path: str, option: str = "--json") -> None:
         raise UsageError(f"{option} {path!r}: folder {folder!r} is not writable")
 
 
-def write_json_atomic(path: str, payload) -> None:
-    """Write to a temporary file beside ``path`` and rename: never a half-written file.
+@contextlib.contextmanager
+def atomic_file(path: str, suffix: str, mode: str = "w", error=UsageError):
+    """A file handle on a temporary file beside ``path``, renamed onto it on success.
 
     Interrupted at any point (an exception, SIGINT, SIGTERM through the CLI's handler),
     the previous ``path`` is untouched and the temporary file is removed.  Concurrent
     writers to one path: each rename is atomic, the last one wins, never a mixture.
-    A folder that cannot be written is a :class:`UsageError` (one line).
+    A file system error is ``error`` (one line, a :class:`UsageError` by default).
     """
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".json.tmp", dir=folder)
-    except OSError as error:
-        raise UsageError(f"cannot write {path!r}: {error.strerror or error}") from None
+        fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=suffix + ".tmp", dir=folder)
+    except OSError as why:
+        raise error(f"cannot write {path!r}: {why.strerror or why}") from None
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
-            handle.write("\n")
+        with os.fdopen(fd, mode) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a results file wants
         os.replace(tmp, path)
-    except OSError as error:
+    except OSError as why:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise UsageError(f"cannot write {path!r}: {error.strerror or error}") from None
+        raise error(f"cannot write {path!r}: {why.strerror or why}") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str, payload) -> None:
+    """``payload`` as JSON at ``path``, never half-written (see :func:`atomic_file`)."""
+    with atomic_file(path, ".json") as handle:
+        json.dump(payload, handle, indent=1)
+        handle.write("\n")

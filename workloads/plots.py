@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import List
+
+from .console import atomic_file
 
 # matplotlib's tab10 without its grey (the peers' colour): nine styles before a colour repeats
 STYLE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
@@ -21,17 +22,9 @@ PEER_MARKERS = ["s", "^", "D", "v"]
 
 
 def _save_atomic(fig, path: str) -> None:
-    """Render to a temporary file beside ``path``, then rename: a killed run leaves the old plot."""
-    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=90, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Render beside ``path``, then rename: a killed run leaves the previous plot."""
+    with atomic_file(path, ".png", mode="wb") as handle:
+        fig.savefig(handle, dpi=90, format="png")
 
 
 def _pyplot():

@@ -23,7 +23,7 @@ Definitions (the same in both front-ends):
   uncapped on a 2-core machine); the cap is above every workload's median
   steps-to-target (at most 2,737 steps, mlp_adam).  :func:`run_to_target` stops
   at the workload's quality target, within the same cap.
-* **seed** -- one typical seed per workload (:data:`TYPICAL_SEEDS`), for every
+* **seed** -- one typical seed per workload (:func:`workloads.references.typical_seed`, the shipped reference's median seed), for every
   benchmark, so that steps-to-target is representative.
 * **skips** -- a placement that cannot run here raises
   :class:`workloads.Unavailable` with the reason; the front-ends turn it into an
@@ -42,16 +42,12 @@ from torch import nn
 
 from . import data as _data
 from .placements import PLACEMENTS
+from .references import typical_seed
 from .registry import WORKLOADS, UsageError
 from .runner import RunConfig, RunResult, Unavailable, build, configure, evaluate, run
 from .styles import STYLES
 
 THREADS = 1  # torch.set_num_threads for every benchmark, in both front-ends
-SEED = 0  # for a workload without a typical seed below
-# One typical seed per workload (steps-to-target near the median of the 25-seed
-# calibration sweep in each workload's target_note; the seeds of tests/test_convergence.py).
-# Seed 0 is not typical everywhere: mlp_sgd seed 0 plateaus at test MSE 0.24 > 0.2.
-TYPICAL_SEEDS = {"classification": 19, "regression": 2, "lenet": 19, "mlp_sgd": 2, "mlp_adam": 18}
 WARMUP_STEPS = 5  # steps run after the build and before timing (steady state)
 TIMING_EPOCHS = 2  # epochs of batch plan a timing build holds (cycled): warm-up, then timed epochs
 QUALITY_STEPS = 4000  # cap on the optimizer steps of a quality / time-to-target run
@@ -144,7 +140,9 @@ def grid() -> List[Tuple[str, str, str]]:
 
 
 def seed_for(workload: str) -> int:
-    return TYPICAL_SEEDS.get(workload, SEED)
+    """The workload's typical seed: its shipped reference's median seed (seed 0 is not typical
+    everywhere: mlp_sgd seed 0 plateaus at test MSE 0.24 > 0.2)."""
+    return typical_seed(workload)
 
 
 def scaling_workloads() -> List[str]:

@@ -32,14 +32,12 @@ their handlers by name.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -49,12 +47,12 @@ from .console import check_json_path, format_table, positive_float, positive_int
 from .console import seed as seed_type
 from .flops import step_flops, throughputs
 from .placements import PLACEMENTS
+from .references import REFERENCE_DIR, load_reference, reference_path, typical_seed  # noqa: F401 (re-exported)
 from .registry import WORKLOADS, UsageError
 from .runner import Unavailable, configure, run
 from .styles import STYLES
 
 PROG = "torchloops"
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 DEFAULT_OUT = os.path.join("results", "compare")
 FACTOR = 1.25  # the reference band's widening (and the fresh runs' step cap) for the speed check
 ALPHA = 0.01  # one-sided level of the never-reached (reliability) check
@@ -167,18 +165,6 @@ def summarise(runs: Sequence[dict]) -> dict:
     return summary
 
 
-def reference_path(workload: str) -> Path:
-    return REFERENCE_DIR / f"{workload}.json"
-
-
-def load_reference(workload: str) -> Optional[dict]:
-    path = reference_path(workload)
-    if not path.exists():
-        return None
-    with open(path) as handle:
-        return json.load(handle)
-
-
 def eval_interval(workload: str) -> int:
     """The steps between evaluations: the quantum of a steps-to-target."""
     config = configure(workload, "raw", "cpu", 0, steps=1)
@@ -224,16 +210,6 @@ def check_consistency(reference: dict, fresh: Sequence[dict], factor: float = FA
     ]
     return {"ok": speed_ok and reliability_ok, "speed_ok": speed_ok, "reliability_ok": reliability_ok,
             "median": median, "band": [low, high], "never_reached": never, "p_value": p_value, "lines": lines}
-
-
-def typical_seed(workload: str) -> int:
-    """The reference seed whose steps-to-target is nearest the reference median (0 without one)."""
-    reference = load_reference(workload)
-    if reference is None or "median" not in reference["summary"]:
-        return 0
-    median = reference["summary"]["median"]
-    reached = [r for r in reference["runs"] if r["reached"]]
-    return min(reached, key=lambda r: (abs(r["steps_to_target"] - median), r["seed"]))["seed"]
 
 
 CONVERGE_HEADERS = ("seed", "to target", "final metric", "best metric", "step median", "notes")

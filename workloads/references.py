@@ -1,0 +1,36 @@
+"""The shipped convergence references (``workloads/reference/<workload>.json``) and the
+typical seed they define: one source for ``compare``, the benchmarks and the tests.
+
+Each reference holds steps-to-target of seeds 0-24 (raw style, CPU, one thread),
+written by ``torchloops converge WORKLOAD --seeds 25 --json ...``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+
+def reference_path(workload: str) -> Path:
+    return REFERENCE_DIR / f"{workload}.json"
+
+
+def load_reference(workload: str) -> Optional[dict]:
+    path = reference_path(workload)
+    if not path.exists():
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def typical_seed(workload: str) -> int:
+    """The reference seed whose steps-to-target is nearest the reference median (0 without one)."""
+    reference = load_reference(workload)
+    if reference is None or "median" not in reference["summary"]:
+        return 0
+    median = reference["summary"]["median"]
+    reached = [r for r in reference["runs"] if r["reached"]]
+    return min(reached, key=lambda r: (abs(r["steps_to_target"] - median), r["seed"]))["seed"]

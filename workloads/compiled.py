@@ -85,6 +85,7 @@ def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "indu
             for xb, yb in batches:
                 clock = time.perf_counter()
                 loss = step(xb, yb)
+                config.placement.sync()  # queued device work belongs to this step's time
                 elapsed = time.perf_counter() - clock
                 losses.append(float(loss))
                 shape = (tuple(xb.shape), tuple(yb.shape))

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""GPU check: every workload x style on ``cuda`` and ``dataparallel`` (and ``ddp`` with
-nccl when two or more GPUs are visible) trained to its quality target, in one table.
+"""GPU check: every workload x style on ``cuda``, ``cuda_graph`` and ``dataparallel`` (and
+``ddp`` with nccl when two or more GPUs are visible) trained to its quality target, in one table.
 
     python scripts/gpu_check.py                 # about 5-8 minutes on one GPU
     python scripts/gpu_check.py --json gpu.json --budget-s 300
@@ -17,8 +17,14 @@ misses its target says so).  ddp is launched with ``torchloops run ... --device
 ddp --nproc N`` (torchrun --standalone) once per workload, capped at the step
 where the single-GPU run reached the target (DDP follows the same trajectory).
 
-Exit status: 0 when every applicable run reached its target; 1 when some did not
-(or a workload has no target set); 2 when no GPU is usable here (nothing was run).
+CUDA graphs: every style the ``cuda_graph`` placement captures is also run for
+``GRAPH_STEPS`` steps on ``cuda`` and on ``cuda_graph`` from the same start; the two
+loss trajectories must agree (float32 relative 1e-4, float64 1e-9, as the GPU tests),
+and a table gives each one's median step time and the speed-up of replaying.
+
+Exit status: 0 when every applicable run reached its target and every graphed
+trajectory matched; 1 when some did not (or a workload has no target set); 2 when no
+GPU is usable here (nothing was run).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ import workloads as W  # noqa: E402
 from workloads.console import format_table, seconds  # noqa: E402
 
 PROBE_STEPS = 30
+GRAPH_STEPS = 60  # steps of the eager-vs-graphed trajectory comparison
+GRAPH_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 HEADERS = ("placement", "workload", "style", "steps", "metric", "target", "reached", "time to target",
            "step median", "peak GPU mem", "notes")
 
@@ -57,6 +65,8 @@ def row(placement, record, note=""):
         notes.append("no target set for this workload")
     if record["diverged"]:
         notes.append("DIVERGED")
+    if record.get("graph_replays") is not None:
+        notes.append(f"{record['graph_replays']} replays of {record['graph_captures']} graph(s)")
     return [placement, record["workload"], record["style"], str(record["steps"]),
             f"{record['metric_value']:.4g}", f"{arrow} {record['target']:g}", reached,
             seconds(record["time_to_target_s"]), seconds(record["step_time_median_s"]),
@@ -96,6 +106,30 @@ def ddp_runs(nproc, workload, cap, seed, total_steps):
             return json.load(handle)
 
 
+def graph_comparison(seed):
+    """Every captured style, ``GRAPH_STEPS`` steps on cuda and on cuda_graph: (rows, failures)."""
+    rows, failures = [], 0
+    graph = W.PLACEMENTS.get("cuda_graph")
+    for workload in W.workload_names():
+        rtol = GRAPH_RTOL[W.get_workload(workload).dtype]
+        for style in W.STYLES.names():
+            if not graph.applies_to(W.STYLES.get(style)).ok:
+                continue
+            runs = {}
+            for placement in ("cuda", "cuda_graph"):
+                config = W.configure(workload, style, placement, seed, steps=GRAPH_STEPS)
+                runs[placement] = W.run(config, record_step_losses=True)
+            eager, graphed = runs["cuda"], runs["cuda_graph"]
+            worst = max(abs(a - b) / max(abs(a), 1e-300) for a, b in zip(eager.step_losses, graphed.step_losses))
+            ok = worst <= rtol and len(eager.step_losses) == len(graphed.step_losses)
+            failures += not ok
+            rows.append([workload, style, seconds(eager.step_time_median_s), seconds(graphed.step_time_median_s),
+                         f"{eager.step_time_median_s / graphed.step_time_median_s:.2f}x",
+                         f"{graphed.graph_replays}/{graphed.steps}", f"{worst:.1e}", "ok" if ok else f"MISMATCH > {rtol:g}"])
+            print(f"  graphs {workload:14s} {style:10s} speed-up {rows[-1][4]}  max rel diff {worst:.1e}", flush=True)
+    return rows, failures
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=330.0,
@@ -103,8 +137,10 @@ def main(argv=None) -> int:
     parser.add_argument("--ddp-budget-s", type=float, default=100.0,
                         help="training time shared by the ddp runs (default 100 s, plus ~10 s start-up a workload)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--placements", default="cuda,dataparallel",
-                        help="single-process placements to check (default cuda,dataparallel)")
+    parser.add_argument("--placements", default="cuda,cuda_graph,dataparallel",
+                        help="single-process placements to check (default cuda,cuda_graph,dataparallel)")
+    parser.add_argument("--no-graph-comparison", action="store_true",
+                        help="skip the eager-vs-graphed trajectory and speed table")
     parser.add_argument("--ddp-nproc", type=int,
                         help="ranks of the ddp runs (default: the visible GPUs when 2+; 0: no ddp)")
     parser.add_argument("--json", help="write every record here")
@@ -181,10 +217,19 @@ def main(argv=None) -> int:
         why = f"needs 2+ GPUs ({gpus} visible)" if args.ddp_nproc is None else "--ddp-nproc below 2"
         rows.append(skipped_row("ddp", "all", "all", why))
 
+    graph_rows = []
+    if not args.no_graph_comparison and W.PLACEMENTS.get("cuda_graph").availability().ok:
+        graph_rows, mismatches = graph_comparison(args.seed)
+        failures += mismatches
+
     elapsed = time.perf_counter() - started
-    verdict = f"{failures} did not reach the target" if failures else "every run reached its target"
+    verdict = f"{failures} did not reach the target or match" if failures else "every run reached its target"
     print()
     print(format_table(HEADERS, rows))
+    if graph_rows:
+        print(f"\nCUDA graphs: {GRAPH_STEPS} steps on cuda and on cuda_graph from the same start")
+        print(format_table(("workload", "style", "cuda step", "cuda_graph step", "speed-up", "replays/steps",
+                            "max rel diff", "trajectory"), graph_rows))
     print(f"\ngpu_check: {len(records)} runs in {elapsed:.0f} s; {verdict}")
     if args.json:
         with open(args.json, "w") as handle:

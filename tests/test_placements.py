@@ -113,7 +113,10 @@ def test_gpu_check_script_says_why_it_ran_nothing_without_a_gpu():
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"gpu_check: nothing run: cuda: {CUDA.reason}; dataparallel: {DATAPARALLEL.reason}"
+    graph = W.PLACEMENTS.get("cuda_graph").availability()
+    assert proc.stderr.strip() == (
+        f"gpu_check: nothing run: cuda: {CUDA.reason}; cuda_graph: {graph.reason}; dataparallel: {DATAPARALLEL.reason}"
+    )
 
 
 # --- the CUDA paths (skip here with the reason) ------------------------------------------------

@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence
 from .console import check_json_path, format_table, positive_float, positive_int, progress_bar, seconds, write_json_atomic
 from .console import seed as seed_type
 from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, compare, configure, distributed, run
+from .graphs import CaptureUnsafe
 
 PROG = "torchloops"
 
@@ -279,6 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as error:
         print(f"{_who()}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except CaptureUnsafe as error:  # cuda_graph: a step that cannot be captured and replayed
+        print(f"{_who()}: error: {_one_line(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (SIGINT); files written before are unchanged", file=sys.stderr)
         return 130

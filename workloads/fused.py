@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import BatchEntry, Split
+from .optimizers import step_counter
 from .registry import OptimizerSpec, Workload
 
 aten = torch.ops.aten
@@ -113,7 +114,7 @@ class FusedSGD:
     """``torch.optim.SGD``: ``p -= lr * g``; with momentum ``b = g`` on the first step,
     then ``b = momentum * b + g``, and ``p -= lr * b``."""
 
-    def __init__(self, params: List[torch.Tensor], spec: OptimizerSpec):
+    def __init__(self, params: List[torch.Tensor], spec: OptimizerSpec, capturable: bool = False):
         self.params, self.lr, self.momentum = params, spec.lr, spec.momentum
         self.buffers = None
 
@@ -134,21 +135,34 @@ class FusedSGD:
 class FusedAdam:
     """``torch.optim.Adam`` with its defaults (betas (0.9, 0.999), eps 1e-8), the
     single-tensor implementation's order: ``m.lerp_(g, 1-b1)``, ``v = b2 v + (1-b2) g g``,
-    ``denom = sqrt(v) / sqrt(1-b2^t) + eps``, ``p -= lr / (1-b1^t) * m / denom``."""
+    ``denom = sqrt(v) / sqrt(1-b2^t) + eps``, ``p -= lr / (1-b1^t) * m / denom``.
 
-    def __init__(self, params: List[torch.Tensor], spec: OptimizerSpec, betas=(0.9, 0.999), eps: float = 1e-8):
+    ``capturable=True`` (CUDA graphs): the step count is a 0-dim tensor on the device and
+    the update is torch.optim's capturable order, ``denom = sqrt(v) / (sqrt(1-b2^t) * -s)
+    + eps / -s`` with ``s = lr / (1-b1^t)``, then ``p += m / denom``."""
+
+    def __init__(self, params: List[torch.Tensor], spec: OptimizerSpec, betas=(0.9, 0.999), eps: float = 1e-8,
+                 capturable: bool = False):
         self.params, self.lr, self.eps = params, spec.lr, eps
         self.beta1, self.beta2 = betas
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
-        self.t = 0
+        self.capturable = capturable
+        self.t = step_counter(params[0].device) if capturable else 0
 
     def __call__(self, grads: List[torch.Tensor]) -> None:
-        self.t += 1
         b1, b2 = self.beta1, self.beta2
         torch._foreach_lerp_(self.m, grads, 1 - b1)
         torch._foreach_mul_(self.v, b2)
         torch._foreach_addcmul_(self.v, grads, grads, 1 - b2)
+        if self.capturable:
+            t = self.t.add_(1)
+            step_size_neg = (self.lr / (1 - b1**t)).neg()
+            correction2_sqrt = (1 - b2**t).sqrt()
+            for p, m, v in zip(self.params, self.m, self.v):
+                p.addcdiv_(m, (v.sqrt() / (correction2_sqrt * step_size_neg)).add_(self.eps / step_size_neg))
+            return
+        self.t += 1
         step = float(self.t)
         step_size = self.lr / (1 - b1**step)
         correction2_sqrt = (1 - b2**step) ** 0.5
@@ -182,7 +196,7 @@ class FusedTrainer:
         self.flat = torch.cat([p.detach().reshape(-1) for p in params.values()]).to(device)
         self.numels = [p.numel() for p in params.values()]
         self.params = [v.view(p.shape) for v, p in zip(self.flat.split(self.numels), params.values())]
-        self.update = FUSED_OPTIMIZERS[spec.kind]([self.flat], spec)
+        self.update = FUSED_OPTIMIZERS[spec.kind]([self.flat], spec, capturable=placement.captures_steps)
 
     def flat_grad(self, grads: List[torch.Tensor]) -> torch.Tensor:
         return torch.cat([g.reshape(-1) for g in grads])

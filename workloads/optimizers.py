@@ -8,6 +8,14 @@ order of operations), written with plain tensor arithmetic under
 ``torch.no_grad()`` the way the notes update ``weights.data``.  Each object is
 called once per step after ``loss.backward()``: it updates the parameters and
 zeroes their gradients, as the notes do.
+
+``capturable=True`` (the ``cuda_graph`` placement, see :mod:`workloads.graphs`) is
+torch.optim's flag of the same name: a step that a CUDA graph can capture once and
+replay.  Adam then keeps its step count in a 0-dim tensor on the parameters' device
+and computes its bias corrections there; as a Python number the count would be baked
+into the captured kernels' arguments and every replay would apply step 1's bias
+correction.  SGD needs nothing: its only Python branch (momentum's first step) is
+taken before a capture, in the warm-up steps.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import torch
 class RawSGD:
     """``p -= lr * g``; with momentum ``b = momentum * b + g`` (first step ``b = g``), ``p -= lr * b``."""
 
-    def __init__(self, params: List[torch.Tensor], lr: float, momentum: float = 0.0):
+    def __init__(self, params: List[torch.Tensor], lr: float, momentum: float = 0.0, capturable: bool = False):
         self.params, self.lr, self.momentum = params, lr, momentum
         self.buffers = [None] * len(params)
 
@@ -42,18 +50,26 @@ class RawSGD:
 class RawAdam:
     """Adam (Kingma & Ba) with torch's defaults: betas (0.9, 0.999), eps 1e-8, bias correction."""
 
-    def __init__(self, params: List[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self, params: List[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8, capturable: bool = False
+    ):
         self.params, self.lr, self.eps = params, lr, eps
         self.beta1, self.beta2 = betas
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
-        self.t = 0
+        self.capturable = capturable
+        self.t = step_counter(params[0].device) if capturable else 0
 
     @torch.no_grad()
     def __call__(self) -> None:
-        self.t += 1
-        correction1 = 1 - self.beta1**self.t
-        correction2_sqrt = math.sqrt(1 - self.beta2**self.t)
+        if self.capturable:  # the same formulas on the device-resident count
+            t = self.t.add_(1)
+            correction1 = 1 - self.beta1**t
+            correction2_sqrt = (1 - self.beta2**t).sqrt()
+        else:
+            self.t += 1
+            correction1 = 1 - self.beta1**self.t
+            correction2_sqrt = math.sqrt(1 - self.beta2**self.t)
         for p, m, v in zip(self.params, self.m, self.v):
             g = p.grad
             m.mul_(self.beta1).add_((1 - self.beta1) * g)
@@ -63,10 +79,18 @@ class RawAdam:
             p.grad.zero_()
 
 
-# (parameters, OptimizerSpec) -> optimizer; the two tables must hold the same kinds.
+def step_counter(device: torch.device) -> torch.Tensor:
+    """A capturable optimizer's step count: a 0-dim tensor on the device, in the dtype
+    torch.optim gives its own (float32, float64 under a float64 default dtype)."""
+    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    return torch.zeros((), dtype=dtype, device=device)
+
+
+# (parameters, OptimizerSpec, capturable) -> optimizer; the tables must hold the same kinds.
+# torch.optim.SGD has no ``capturable`` flag: nothing in its step depends on the step count.
 TORCH_OPTIMIZERS = {
-    "sgd": lambda params, spec: torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum),
-    "adam": lambda params, spec: torch.optim.Adam(params, lr=spec.lr),
+    "sgd": lambda params, spec, capturable=False: torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum),
+    "adam": lambda params, spec, capturable=False: torch.optim.Adam(params, lr=spec.lr, capturable=capturable),
 }
 
 
@@ -86,10 +110,10 @@ def _tuned(cls, params, **kwargs):
 
 # The ``tuned`` style's table: torch.optim with its fastest implementation on the device.
 TUNED_OPTIMIZERS = {
-    "sgd": lambda params, spec: _tuned(torch.optim.SGD, params, lr=spec.lr, momentum=spec.momentum),
-    "adam": lambda params, spec: _tuned(torch.optim.Adam, params, lr=spec.lr),
+    "sgd": lambda params, spec, capturable=False: _tuned(torch.optim.SGD, params, lr=spec.lr, momentum=spec.momentum),
+    "adam": lambda params, spec, capturable=False: _tuned(torch.optim.Adam, params, lr=spec.lr, capturable=capturable),
 }
 RAW_OPTIMIZERS = {
-    "sgd": lambda params, spec: RawSGD(params, lr=spec.lr, momentum=spec.momentum),
-    "adam": lambda params, spec: RawAdam(params, lr=spec.lr),
+    "sgd": lambda params, spec, capturable=False: RawSGD(params, lr=spec.lr, momentum=spec.momentum),
+    "adam": lambda params, spec, capturable=False: RawAdam(params, lr=spec.lr, capturable=capturable),
 }

@@ -1,7 +1,8 @@
 """Where a workload runs: availability (with the reason when not), device, wrap, sync.
 
 A placement never knows a workload by name; it only moves tensors, wraps a model
-and synchronises the device around timed regions.  ``ddp`` also shards each
+and synchronises the device around timed regions.  ``cuda_graph`` is ``cuda`` with
+every step captured once and replayed (:mod:`workloads.graphs`).  ``ddp`` also shards each
 global batch over the ranks and lends the styles its rank-aware trainers (see
 :mod:`workloads.distributed`); the single-process placements leave both as they are.
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .graphs import CudaGraphs, GraphedTrainer
 from .registry import Availability, Table
 
 PLACEMENTS = Table("placement")
@@ -65,6 +67,13 @@ def _dataparallel_availability() -> Availability:
     return Availability(True)
 
 
+def _cuda_graph_availability() -> Availability:
+    cuda = _cuda_availability()
+    if not cuda.ok:
+        return Availability(False, f"CUDA graphs capture CUDA kernels: {cuda.reason}")
+    return Availability(True)
+
+
 @dataclass(frozen=True)
 class Placement:
     name: str
@@ -72,6 +81,8 @@ class Placement:
     device_type: str
     check: Callable[[], Availability]
     wraps_module: bool = False  # True: the model is wrapped, so the raw style does not apply
+    # (device) -> capture/replay backend: each step captured once and replayed (workloads.graphs)
+    graphs: Optional[Callable[[torch.device], object]] = None
 
     def availability(self) -> Availability:
         return self.check()
@@ -81,7 +92,20 @@ class Placement:
             return Availability(
                 False, f"{self.name} wraps an nn.Module; the {style.name} style has none"
             )
+        if self.captures_steps and style.capture_problem:
+            return Availability(False, f"{self.name} does not apply to the {style.name} style: {style.capture_problem}")
         return Availability(True)
+
+    @property
+    def captures_steps(self) -> bool:
+        """Whether steps are captured and replayed: the trainers then build capturable optimizers."""
+        return self.graphs is not None
+
+    def wrap_trainer(self, trainer):
+        """The trainer as this placement steps it: captured and replayed, or as it is."""
+        if self.graphs is None:
+            return trainer
+        return GraphedTrainer(trainer, self.graphs(self.device()))
 
     def device(self) -> torch.device:
         return torch.device("cuda:0" if self.device_type == "cuda" else "cpu")
@@ -197,6 +221,15 @@ PLACEMENTS.register(
 )
 PLACEMENTS.register(
     Placement("cuda", "one process, model and data on cuda:0", "cuda", _cuda_availability)
+)
+PLACEMENTS.register(
+    Placement(
+        "cuda_graph",
+        "cuda, each training step captured once as a CUDA graph and replayed",
+        "cuda",
+        _cuda_graph_availability,
+        graphs=CudaGraphs,
+    )
 )
 PLACEMENTS.register(
     Placement(

@@ -99,6 +99,8 @@ class RunResult:
     history: List[dict] = field(default_factory=list)
     step_losses: Optional[List[float]] = None
     peak_gpu_memory_bytes: Optional[int] = None  # torch.cuda.max_memory_allocated; None off CUDA
+    graph_replays: Optional[int] = None  # cuda_graph: steps that were replays of a captured graph
+    graph_captures: Optional[int] = None  # cuda_graph: graphs captured (one per batch shape)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -268,6 +270,7 @@ def build(config: RunConfig):
     split = config.split.to(config.placement.device())
     params = initial_parameters(config.workload, config.seed)
     trainer = config.style.make_trainer(config.workload, params, config.placement, config.optimizer)
+    trainer = config.placement.wrap_trainer(trainer)  # cuda_graph: captured and replayed
     plan = batch_plan(
         split.n_train,
         config.batch_size,
@@ -434,4 +437,6 @@ def run(
         history=history,
         step_losses=step_losses,
         peak_gpu_memory_bytes=peak_memory,
+        graph_replays=getattr(trainer, "replayed_steps", None),
+        graph_captures=getattr(trainer, "captures", None),
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -57,7 +57,7 @@ class RawTrainer:
         self.workload = workload
         self.names = list(params)
         self.params = [p.detach().clone().to(device).requires_grad_() for p in params.values()]
-        self.update = RAW_OPTIMIZERS[spec.kind](self.params, spec)
+        self.update = RAW_OPTIMIZERS[spec.kind](self.params, spec, capturable=placement.captures_steps)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         loss = self.workload.raw_loss(self.workload.raw_forward(self.params, xb), yb)
@@ -82,7 +82,7 @@ class ModuleTrainer:
         self.module = model
         self.model = placement.wrap(model)
         self.criterion = workload.criterion()
-        self.optimizer = self.optimizers[spec.kind](model.parameters(), spec)
+        self.optimizer = self.optimizers[spec.kind](model.parameters(), spec, capturable=placement.captures_steps)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad()
@@ -242,6 +242,7 @@ class Style:
     make_trainer: Callable  # (workload, params, placement, spec) -> trainer
     make_batcher: Callable  # (split, plan) -> batcher
     uses_module: bool
+    capture_problem: Optional[str] = None  # why a CUDA graph cannot replay this style's step; None: it can
 
 
 def _raw_trainer(workload: Workload, params: Params, placement, spec: OptimizerSpec) -> RawTrainer:
@@ -306,6 +307,10 @@ STYLES.register(
         _module_trainer(lambda w: w.build_module(), AsWrittenTrainer),
         AsWrittenBatcher,
         uses_module=True,
+        capture_problem=(
+            "it keeps every step's autograd graph alive (backward(retain_graph=True)), which one "
+            "captured step replayed cannot do, and the loop as written is not captured"
+        ),
     )
 )
 STYLES.register(

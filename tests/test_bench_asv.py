@@ -25,7 +25,7 @@ from workloads import benchmarking as B
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, scaling, tensor_ops, training  # noqa: E402
+from benchmarks import common, compiled, scaling, tensor_ops, training  # noqa: E402
 
 PREFIXES = ("time_", "peakmem_", "track_")
 TRAINING_CLASSES = [
@@ -139,6 +139,21 @@ def test_scaling_classes_run(cls):
             continue  # the largest size once is enough for a smoke test
         outcome = _call(cls, params)
         assert "skipped" not in outcome, outcome
+
+
+def test_compiled_class_runs_with_params_from_the_registry(monkeypatch):
+    """The compiled mode's asv benchmarks: every workload is a parameter; one runs here
+    with dynamo's ``eager`` backend (inductor takes minutes per workload on CI)."""
+    assert compiled.Compiled.params == [common.WORKLOADS] and compiled.Compiled.version
+    monkeypatch.setenv("TORCHLOOPS_COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(compiled, "_COMPILED", {})
+    outcome = _call(compiled.Compiled, ("regression",))
+    assert set(outcome) == {"time_step", "track_compile_time"}
+    assert outcome["track_compile_time"] > 0
+    assert compiled._COMPILED["regression"].backend == "eager"
+    bench = compiled.Compiled()
+    bench.setup("regression")
+    bench.teardown("regression")  # the finiteness check after timing passes
 
 
 @pytest.mark.parametrize("cls", TENSOR_CLASSES, ids=lambda c: c.__name__)

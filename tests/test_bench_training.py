@@ -79,3 +79,19 @@ def test_bench_run_to_target(benchmark, workload, style, placement):
     assert not result.diverged
     if not smoke:
         assert result.reached_target, B.quality_fields(result)
+
+
+@pytest.mark.parametrize("workload", workloads.workload_names())
+def test_bench_compiled_step(benchmark, workload):
+    """One step of ``torch.compile`` of the module step (CPU), compiled and warmed up untimed;
+    ``extra_info["compile_s"]`` is the compile time.  Timed: inductor (or
+    ``TORCHLOOPS_COMPILE_BACKEND``); as a smoke test the ``eager`` backend (dynamo's trace
+    without code generation: inductor takes minutes per workload on the 2-core CI machine)."""
+    from workloads.compiled import CompiledStep
+
+    prepared = CompiledStep(workload, backend="eager" if benchmark.disabled else None)
+    benchmark.group = workload
+    benchmark.extra_info.update(prepared.info())
+    benchmark(prepared.step)
+    prepared.check()
+    assert prepared.compile_s > 0

@@ -16,6 +16,10 @@ from the steady-state step time:
 ``python -m workloads.compiled [WORKLOAD ...] [--steps N] [--backend inductor]
 [--rows N | --batch-size N | --hidden N]`` prints one line per workload (``--json PATH``
 writes the records); the size options are the scaling benchmarks' (one at a time).
+
+:class:`CompiledStep` is the same compiled step made ready for the benchmark front-ends
+(``benchmarks/compiled.py`` for asv, ``tests/test_bench_training.py`` for pytest-benchmark):
+compiled for every batch shape and warmed up before anything is timed, its compile time kept.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import statistics
 import sys
 import time
@@ -116,6 +122,67 @@ def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "indu
         "break_even_steps": (records["compiled"]["compile_s"] / gain) if gain > 0 else None,
         "max_rel_loss_diff": rel,
     }
+
+
+BACKEND_VARIABLE = "TORCHLOOPS_COMPILE_BACKEND"  # the benchmarks' backend (default inductor)
+
+
+def benchmark_backend() -> str:
+    return os.environ.get(BACKEND_VARIABLE) or "inductor"
+
+
+class CompiledStep:
+    """``torch.compile`` of the ``module`` step of ``workload`` (documented configuration,
+    CPU, the benchmarks' typical seed and threads), ready to be timed.
+
+    Construction compiles: the step is called once on each distinct batch shape of the
+    batches it cycles through (``compile_s`` is the time of those calls), then
+    ``warmup`` more steps run.  ``step()`` is one compiled step on the next batch,
+    ending with the device synchronised; it trains the model, as the eager benchmarks do."""
+
+    def __init__(self, workload: str, backend: Optional[str] = None, steps: int = 120, warmup: int = 5):
+        from .benchmarking import THREADS, pin_threads
+        from .references import typical_seed
+
+        pin_threads()
+        self.backend = backend or benchmark_backend()
+        self.config = configure(workload, "module", "cpu", typical_seed(workload), steps=steps, threads=THREADS)
+        self.batches = _batches(self.config)
+        self.trainer = build(self.config)[0]
+        torch._dynamo.reset()
+        self._step = torch.compile(_step_function(self.trainer), backend=self.backend)
+        self._index = 0
+        seen = set()
+        clock = time.perf_counter()
+        for xb, yb in self.batches:
+            shape = (tuple(xb.shape), tuple(yb.shape))
+            if shape not in seen:
+                seen.add(shape)
+                self._step(xb, yb)
+        self.config.placement.sync()
+        self.compile_s = time.perf_counter() - clock
+        for _ in range(warmup):
+            self.step()
+
+    def step(self) -> torch.Tensor:
+        xb, yb = self.batches[self._index]
+        self._index = (self._index + 1) % len(self.batches)
+        loss = self._step(xb, yb)
+        self.config.placement.sync()
+        return loss
+
+    def check(self) -> None:
+        """After timing: an error if the model's training loss is no longer finite."""
+        from .benchmarking import Diverged
+        from .runner import evaluate
+
+        if not math.isfinite(evaluate(self.trainer, self.config.workload, self.config.split)["train_loss"]):
+            raise Diverged(f"{self.config.workload.name}/compiled: diverged during the timed steps")
+
+    def info(self) -> dict:
+        return {"workload": self.config.workload.name, "style": "module", "mode": "torch.compile",
+                "backend": self.backend, "compile_s": self.compile_s, "threads": self.config.threads,
+                "seed": self.config.seed, "torch_version": torch.__version__}
 
 
 def describe(r: dict) -> str:

@@ -31,6 +31,12 @@ BAD_INPUTS = [
     (["run", "all", "--batch-size", "1000"], "valid: 1 to 800"),
     (["run", "regression", "--threads", "0"], "positive integer"),
     (["run", "regression", "--seed", "-1"], "integer from 0"),
+    (["compile", "nosuch"], "unknown workload 'nosuch'; valid: classification"),
+    (["compile", "regression", "--backend", "nosuch"], "not a torch.compile backend; valid:"),
+    (["compile", "regression", "--steps", "0"], "positive integer"),
+    (["compile", "lenet", "--hidden", "8"], "--hidden applies to classification, mlp_sgd, mlp_adam, not lenet"),
+    (["compile", "mlp_sgd", "--rows", "10", "--hidden", "8"], "not allowed with argument --rows"),
+    (["compile", "regression", "--device", "ddp"], "invalid choice"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),
 ]
@@ -39,7 +45,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("argv,expected", BAD_INPUTS, ids=[" ".join(a) or "nothing" for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_no_json(tmp_path, capsys, argv, expected):
     out = tmp_path / "out.json"
-    argv = argv + (["--json", str(out)] if argv[:1] == ["run"] else [])
+    argv = argv + (["--json", str(out)] if argv[:1] in (["run"], ["compile"]) else [])
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("torchloops: error: ")

@@ -8,11 +8,14 @@ where it says it does not.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import workloads as W
 from workloads.data import batch_plan
+from workloads.cli import main
 from workloads.runner import build
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
@@ -131,3 +134,16 @@ def test_compiled_mode_reports_compile_time_apart_from_steady_state():
     assert record["max_rel_loss_diff"] <= 1e-5
     line = describe(record)
     assert "compile" in line and ("pays back" in line or "never pays off" in line)
+
+
+def test_compile_command_writes_records_and_skips_an_unavailable_device(tmp_path, capsys):
+    """``torchloops compile`` (dynamo's eager backend: seconds, not inductor's minutes)."""
+    out = tmp_path / "compiled.json"
+    assert main(["compile", "regression", "--backend", "eager", "--steps", "40", "--json", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["workload"] == "regression" and record["backend"] == "eager" and record["steps"] == 40
+    assert record["compile_s"] > 0 and record["max_rel_loss_diff"] < 1e-5
+    assert "regression: compile" in capsys.readouterr().out
+    if not W.PLACEMENTS.get("cuda").availability().ok:
+        assert main(["compile", "regression", "--device", "cuda", "--backend", "eager"]) == 0
+        assert "regression: skipped: " in capsys.readouterr().out

@@ -57,6 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save", metavar="PATH",
                    help="one workload and one style: save the trained model (and torch.optim state) here")
     compare.add_commands(sub)  # compare, converge (workloads/compare.py)
+    c = sub.add_parser("compile", help="torch.compile of the module step: compile time apart from the "
+                       "steady-state step, against eager (a measurement, not a style)")
+    c.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="default: every workload")
+    c.add_argument("--steps", type=positive_int, default=300, help="steps of each of the two runs (default 300)")
+    c.add_argument("--seed", type=seed_type, default=0)
+    c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    c.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
+    c.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
+                                                    "max-autotune-no-cudagraphs"])
+    c.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")
+    size = c.add_mutually_exclusive_group()
+    size.add_argument("--rows", type=positive_int, help="training rows (the scaling benchmarks' tiling)")
+    size.add_argument("--batch-size", type=positive_int)
+    size.add_argument("--hidden", type=positive_int, help="hidden width (classification, mlp_sgd, mlp_adam)")
+    c.add_argument("--json", metavar="PATH", help="write the list of records here")
     return parser
 
 
@@ -72,6 +87,8 @@ def _row(record: dict) -> List[str]:
         notes.append("DIVERGED" + (f" at step {at}" if at is not None else ""))
     if record["dead_classes"]:
         notes.append(f"dead class {','.join(map(str, record['dead_classes']))} (never predicted)")
+    if record.get("graph_replays") is not None:
+        notes.append(f"{record['graph_replays']} steps replayed from {record['graph_captures']} CUDA graph(s)")
     reached = f"step {record['steps_to_target']}" if record["reached_target"] else "not reached"
     times = [record["time_to_target_s"], record["step_time_median_s"], record["train_time_s"]]
     if record["diverged"]:
@@ -252,7 +269,43 @@ def _run_planned(args, planned, rank_mode: bool) -> int:
     return _diverged_status(records)
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "compare": compare.cmd_compare, "converge": compare.cmd_converge}
+def cmd_compile(args) -> int:
+    from . import compiled
+
+    names = list(dict.fromkeys(args.workloads)) or WORKLOADS.names()
+    for name in names:
+        WORKLOADS.get(name)  # an unknown name: one line listing the valid ones
+    if args.json is not None:
+        check_json_path(args.json)
+    import torch._dynamo
+
+    if args.backend not in torch._dynamo.list_backends(exclude_tags=()):
+        shown = [b for b in torch._dynamo.list_backends(exclude_tags=()) if "TESTING" not in b and "minifier" not in b]
+        raise UsageError(f"--backend {args.backend!r} is not a torch.compile backend; valid: {', '.join(shown)}")
+    scale = dict(rows=args.rows, batch_size=args.batch_size, hidden=args.hidden)
+    if args.hidden is not None:
+        from .benchmarking import scaling_workloads
+
+        wrong = [n for n in names if n not in scaling_workloads()]
+        if wrong:
+            raise UsageError(f"--hidden applies to {', '.join(scaling_workloads())}, not {', '.join(wrong)}")
+    records = []
+    for name in names:
+        try:
+            record = compiled.measure(name, steps=args.steps, seed=args.seed, backend=args.backend, mode=args.mode,
+                                      threads=args.threads, device=args.device, **scale)
+        except Unavailable as why:
+            print(f"{name}: skipped: {why}", flush=True)
+            continue
+        records.append(record)
+        print(compiled.describe(record), flush=True)
+    if args.json:
+        write_json_atomic(args.json, records)
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "compare": compare.cmd_compare, "converge": compare.cmd_converge,
+            "compile": cmd_compile}
 
 
 class Terminated(BaseException):

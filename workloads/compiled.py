@@ -13,9 +13,10 @@ from the steady-state step time:
 * ``break_even_steps``: how many steps the compile time takes to pay back (None when
   the compiled step is not faster: it never does).
 
-``python -m workloads.compiled [WORKLOAD ...] [--steps N] [--backend inductor]
-[--rows N | --batch-size N | --hidden N]`` prints one line per workload (``--json PATH``
-writes the records); the size options are the scaling benchmarks' (one at a time).
+``torchloops compile [WORKLOAD ...] [--steps N] [--backend inductor] [--device cpu|cuda]
+[--rows N | --batch-size N | --hidden N]`` (or ``python -m workloads.compiled ...``) prints one
+line per workload (``--json PATH`` writes the records); the size options are the scaling
+benchmarks' (one at a time).
 
 :class:`CompiledStep` is the same compiled step made ready for the benchmark front-ends
 (``benchmarks/compiled.py`` for asv, ``tests/test_bench_training.py`` for pytest-benchmark):
@@ -58,18 +59,18 @@ def _batches(config):
     return [b for i in range(len(plan)) for b in batcher.epoch(i)]
 
 
-def _config(workload: str, steps: int, seed: int, scale: dict):
+def _config(workload: str, steps: int, seed: int, scale: dict, device: str = "cpu"):
     if not scale:
-        return configure(workload, "module", "cpu", seed, steps=steps)
+        return configure(workload, "module", device, seed, steps=steps)
     from .benchmarking import scaled_config  # the scaling benchmarks' sizes (rows, batch_size, hidden)
 
-    config = scaled_config(workload, **scale)
+    config = scaled_config(workload, placement=device, **scale)
     epochs = -(-steps // config.steps_per_epoch)
     return dataclasses.replace(config, epochs=epochs, total_steps=steps, eval_every=steps)
 
 
 def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "inductor",
-            mode: Optional[str] = None, threads: int = 1, **scale) -> dict:
+            mode: Optional[str] = None, threads: int = 1, device: str = "cpu", **scale) -> dict:
     """Eager and compiled ``module`` steps over the same batches from the same parameters.
 
     ``scale`` (``rows=``, ``batch_size=``, ``hidden=``) takes the scaling benchmarks'
@@ -78,7 +79,7 @@ def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "indu
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        config = _config(workload, steps, seed, scale)
+        config = _config(workload, steps, seed, scale, device)
         batches = _batches(config)
         records = {}
         for kind in ("eager", "compiled"):
@@ -109,6 +110,7 @@ def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "indu
     rel = max(abs(a - b) / abs(b) for a, b in zip(records["compiled"]["losses"], records["eager"]["losses"]) if b)
     return {
         "workload": workload,
+        "device": device,
         "scale": scale,
         "backend": backend,
         "mode": mode,
@@ -195,33 +197,11 @@ def describe(r: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workloads.compiled", description=__doc__.split("\n\n")[0])
-    parser.add_argument("workloads", nargs="*", metavar="WORKLOAD")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="inductor")
-    parser.add_argument("--mode", default=None)
-    parser.add_argument("--rows", type=int, help="training rows (the scaling benchmarks' tiling)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--hidden", type=int, help="hidden width (the MLP workloads)")
-    parser.add_argument("--json", metavar="PATH")
-    args = parser.parse_args(argv)
-    names = args.workloads or WORKLOADS.names()
-    unknown = [n for n in names if n not in WORKLOADS.names()]
-    if unknown:
-        parser.error(f"unknown workload(s) {', '.join(unknown)}; valid: {', '.join(WORKLOADS.names())}")
-    records = []
-    for name in names:
-        records.append(measure(name, steps=args.steps, seed=args.seed, backend=args.backend, mode=args.mode,
-                               rows=args.rows, batch_size=args.batch_size, hidden=args.hidden))
-        print(describe(records[-1]), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
-    return 0
+    """``python -m workloads.compiled ...`` is ``torchloops compile ...``."""
+    from .cli import main as cli_main
+
+    return cli_main(["compile", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    import workloads  # noqa: F401  (registers the workloads)
-
     sys.exit(main())

@@ -225,6 +225,7 @@ def cmd_run(args) -> int:
     if args.nproc is not None and any(config is not None for _, _, config, _ in planned):
         return _launch_ranks(args)
     if rank_mode:
+        distributed.stop_with_launcher()
         try:
             return _run_planned(args, planned, rank_mode)
         finally:

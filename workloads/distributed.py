@@ -47,6 +47,7 @@ ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("TORCHLOOPS_DDP_TIMEOUT_S", "600")))
 # Set for the ranks of `torchloops run ... --nproc N`: the launching process reports for them.
 LAUNCHED_ENV = "TORCHLOOPS_LAUNCHED"
+LAUNCHER_PID_ENV = "TORCHLOOPS_LAUNCHER_PID"  # the process whose death stops the ranks
 
 
 def _dist():
@@ -65,6 +66,30 @@ def launched_by_torchrun() -> bool:
 
 def launched_by_torchloops() -> bool:
     return os.environ.get(LAUNCHED_ENV) == "1"
+
+
+def stop_with_launcher() -> None:
+    """In a rank that ``torchloops run --nproc`` started: ask Linux to send this process
+    SIGTERM when its parent (the launcher, which runs torchrun's agent) dies, even by
+    SIGKILL, which leaves the agent no chance to stop its ranks.  The rank then ends like
+    any terminated run (one line, status 143) instead of training on as an orphan."""
+    if not launched_by_torchloops():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # workloads/__init__.py's start-up handler ends
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(launcher):  # the launcher died before the request: act on it now
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def use_cuda() -> bool:
@@ -300,6 +325,7 @@ def launch(nproc: int, python_args: Sequence[str], threads: int = 1) -> Tuple[in
     # torchrun sets OMP_NUM_THREADS=1 with a banner when unset; the runner sets threads itself.
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ[LAUNCHED_ENV] = "1"
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     # The agent logs each failure as it sees it; the one-line summary below says it once.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
@@ -312,4 +338,5 @@ def launch(nproc: int, python_args: Sequence[str], threads: int = 1) -> Tuple[in
         return 128 + int(error.sigval), f"torchrun stopped by {signal.Signals(error.sigval).name}"
     finally:
         os.environ.pop(LAUNCHED_ENV, None)
+        os.environ.pop(LAUNCHER_PID_ENV, None)
     return 0, None

@@ -189,3 +189,19 @@ def test_cuda_graph_run_reaches_the_target_and_records_its_replays(tmp_path):
     (record,) = json.loads(out.read_text())
     assert record["reached_target"] and record["graph_captures"] == 1
     assert record["graph_replays"] == record["steps"] - WARMUP_STEPS
+
+
+def test_benchmark_warm_up_captures_every_batch_shape_before_timing():
+    """A steady-state benchmark on cuda_graph must not time a capture: the warm-up runs on
+    until the short last batch (met once an epoch) has its graph too."""
+    from workloads.benchmarking import Prepared
+
+    config = traced(W.configure("mlp_sgd", "module", "cpu", epochs=2, batch_size=300))
+    prepared = Prepared(config).warm_up(5)
+    assert prepared.trainer.captures == 2
+    assert sum(prepared.trainer.eager_steps.values()) == 2 * WARMUP_STEPS
+    for _ in range(7):
+        prepared.step()
+    prepared.epoch()
+    assert prepared.trainer.captures == 2 and sum(prepared.trainer.eager_steps.values()) == 2 * WARMUP_STEPS
+    prepared.check()

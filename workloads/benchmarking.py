@@ -215,15 +215,28 @@ class Prepared:
         self._batches = iter(())  # the next step() starts the following epoch
 
     def warm_up(self, steps: int) -> "Prepared":
-        """``steps`` steps, each loss checked (untimed): a run that diverges is never timed."""
+        """``steps`` steps, each loss checked (untimed): a run that diverges is never timed.
+
+        On ``cuda_graph`` the warm-up goes on until every batch shape of the plan has been
+        captured (a short last batch is met once an epoch), so no timed call pays for a capture."""
         for index in range(steps):
-            loss = self.trainer.step(*self._next_batch())
-            self.sync()
-            if not bool(torch.isfinite(loss).all()):
-                c = self.config
-                raise Diverged(f"{c.workload.name}/{c.style.name}/{c.placement.name}: diverged at warm-up "
-                               f"step {index + 1} (NaN or infinite training loss); nothing is timed")
+            self._checked_step(index)
+        graphs = getattr(self.trainer, "graphs", None)
+        if graphs is not None:
+            shapes = {_data.entry_size(e) for epoch in self.plan for e in epoch}
+            limit = (self.trainer.warmup + 2) * sum(len(epoch) for epoch in self.plan)
+            while len(graphs) < len(shapes) and steps < limit:
+                self._checked_step(steps)
+                steps += 1
         return self
+
+    def _checked_step(self, index: int) -> None:
+        loss = self.trainer.step(*self._next_batch())
+        self.sync()
+        if not bool(torch.isfinite(loss).all()):
+            c = self.config
+            raise Diverged(f"{c.workload.name}/{c.style.name}/{c.placement.name}: diverged at warm-up "
+                           f"step {index + 1} (NaN or infinite training loss); nothing is timed")
 
     def check(self) -> None:
         """After timing: :class:`Diverged` if the model's training loss is no longer finite."""

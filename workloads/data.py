@@ -127,3 +127,8 @@ def as_index_list(entry: BatchEntry) -> List[int]:
     if isinstance(entry, slice):
         return list(range(entry.start, entry.stop))
     return entry.tolist()
+
+
+def entry_size(entry: BatchEntry) -> int:
+    """The number of rows of one batch of the plan."""
+    return entry.stop - entry.start if isinstance(entry, slice) else int(entry.numel())

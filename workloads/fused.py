@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from .data import BatchEntry, Split
+from .data import BatchEntry, Split, entry_size
 from .optimizers import step_counter
 from .registry import OptimizerSpec, Workload
 
@@ -101,7 +101,7 @@ class PreIndexedBatcher:
     def _gathered(self, entries):
         rows = torch.cat([e if not isinstance(e, slice) else torch.arange(e.start, e.stop) for e in entries])
         rows = rows.to(self.X.device)
-        sizes = [int(e.numel()) if not isinstance(e, slice) else e.stop - e.start for e in entries]
+        sizes = [entry_size(e) for e in entries]
         X = self.X.index_select(0, rows).split(sizes)
         y = self.y.index_select(0, rows).split(sizes)
         return zip(X, y)

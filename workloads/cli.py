@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 
 from .console import check_json_path, format_table, positive_float, positive_int, progress_bar, seconds, write_json_atomic
 from .console import seed as seed_type
-from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, compare, configure, distributed, run
+from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, commands, compare, configure, distributed, run
 from .graphs import CaptureUnsafe
 
 PROG = "torchloops"
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--batch-size", type=positive_int)
     size.add_argument("--hidden", type=positive_int, help="hidden width (classification, mlp_sgd, mlp_adam)")
     c.add_argument("--json", metavar="PATH", help="write the list of records here")
+    for name, module in commands.modules().items():
+        module.add_parser(sub)
+        COMMANDS[name] = module.main
     return parser
 
 

@@ -399,7 +399,7 @@ def compare(args, out=None) -> dict:
     for entry in plan["workloads"]:
         wl = entry["workload"]
         split = wl.make_data(entry["seeds"][0])
-        flops = step_flops(wl, split.X_train, wl.batch_size)
+        flops = step_flops(wl, entry["seeds"][0], wl.batch_size)
         peak = peaks[str(wl.dtype).replace("torch.", "")]
         groups = []
         for configs in entry["configs"]:

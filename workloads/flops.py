@@ -1,12 +1,20 @@
 """FLOPs per optimizer step, and the machine's measured matmul throughput to compare them with.
 
-FLOPs are counted analytically from the layer shapes: each ``nn.Linear`` costs
-``2 * in * out`` per row and each ``nn.Conv2d`` ``2 * C_in/groups * kh * kw * C_out * H_out * W_out``
-per row (multiply-adds as two FLOPs; biases, activations, pooling and the loss are
-left out: they are a few percent at most).  The output shapes come from one forward
-pass of a single zero row through ``build_module()`` with hooks.  A training step is
-counted as 3x its forward (the backward computes the gradients of the inputs and of
-the weights, each about one forward), over the mean rows of a step.
+One source of FLOPs for the whole suite: :func:`count_step_flops` runs one real step
+under ``torch.utils.flop_counter.FlopCounterMode`` and takes its total.  FlopCounterMode
+counts the ATen operations that actually ran, with a formula per operation: ``mm``,
+``addmm``, ``bmm`` (``2 m n k``; addmm's bias add is not counted), ``convolution`` and
+``convolution_backward`` (``2 x`` the multiply-adds of each gradient its output mask asks
+for: a first layer whose input needs no gradient costs one product, not two), attention
+kernels.  Everything else counts zero: elementwise operations (ReLU, sigmoid, their
+backward, bias and optimizer updates), reductions (bias gradients, the loss), pooling,
+softmax and copies.  These are the FLOPs a matmul-bound peak can be compared with.
+
+:func:`step_flops` is ``compare``'s figure: one real step of the ``module`` style
+(autograd's backward: no gradient for the input batch), on the run's first batch,
+scaled to the mean rows of a step over a pass (FLOPs are linear in the rows here;
+the last batch of a pass may be short).  ``torchloops profile`` counts the profiled
+style's own step with the same function.
 
 The throughput is a short ``torch.mm`` benchmark of square matrices at the runs' thread
 count, best of ten 20 ms windows (this machine is shared: the best is the closest to
@@ -18,38 +26,25 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import torch
-from torch import nn
 
 from .registry import Workload
 
-BACKWARD_FACTOR = 3  # forward + backward ~ 3x the forward's matmul / conv FLOPs
+
+def count_flops(fn: Callable, *args, **kwargs) -> int:
+    """FLOPs of one call of ``fn(*args, **kwargs)``, by ``FlopCounterMode`` (see the module docstring)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops())
 
 
-def forward_flops_per_row(workload: Workload, sample: torch.Tensor) -> int:
-    """Matmul and convolution FLOPs of one forward pass of one row (``sample``: one row of X)."""
-    model = workload.build_module().to(sample.dtype)
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(module, nn.Linear):
-            total += 2 * module.in_features * module.out_features
-        elif isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            spatial = output.shape[-1] * output.shape[-2]
-            total += 2 * (module.in_channels // module.groups) * kh * kw * module.out_channels * spatial
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    try:
-        with torch.no_grad():
-            model(torch.zeros_like(sample[:1]))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+def count_step_flops(trainer, batch) -> int:
+    """FLOPs of one real ``trainer.step(*batch)`` (the step runs: the trainer's parameters move)."""
+    return count_flops(trainer.step, *batch)
 
 
 def rows_per_step(n_train: int, batch_size) -> float:
@@ -59,9 +54,22 @@ def rows_per_step(n_train: int, batch_size) -> float:
     return n_train / math.ceil(n_train / batch_size)
 
 
-def step_flops(workload: Workload, X_train: torch.Tensor, batch_size) -> float:
-    rows = rows_per_step(int(X_train.shape[0]), batch_size)
-    return BACKWARD_FACTOR * forward_flops_per_row(workload, X_train) * rows
+def step_flops(workload: Workload, seed: int = 0, batch_size: Optional[int] = None) -> float:
+    """FLOPs of one ``module``-style training step of ``workload`` (forward, loss, autograd's
+    backward, optimizer), counted by FlopCounterMode over the first batch of the run with
+    ``seed`` and scaled to the mean rows of a step (``batch_size`` None: the workload's)."""
+    from .runner import build, configure
+
+    config = configure(workload.name, "module", "cpu", seed, steps=1, batch_size=batch_size)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        trainer, batcher, _plan, split = build(config)
+        xb, yb = next(iter(batcher.epoch(0)))
+        flops = count_step_flops(trainer, (xb, yb))
+    finally:
+        torch.set_num_threads(previous)
+    return flops * rows_per_step(split.n_train, config.batch_size) / int(xb.shape[0])
 
 
 def matmul_throughput(dtype: torch.dtype = torch.float32, threads: int = 1, n: int = 512,

@@ -18,10 +18,11 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence
 
-from .console import check_json_path, format_table, positive_float, positive_int, progress_bar, seconds, write_json_atomic
+from .console import check_json_path, comparison_cell, format_table, seconds_interval, positive_float, positive_int, progress_bar, seconds, write_json_atomic
 from .console import seed as seed_type
 from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, commands, compare, configure, distributed, run
 from .graphs import CaptureUnsafe
+from .interleave import run_interleaved
 
 PROG = "torchloops"
 
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--until-target", action="store_true", help="stop each run at its quality target")
     r.add_argument("--nproc", type=positive_int, metavar="N",
                    help="with --device ddp: start N ranks on this machine (torchrun --standalone)")
+    r.add_argument("--backend", choices=distributed.BACKENDS,
+                   help="with --device ddp: the process group's backend (gloo: CPU ranks; nccl: one GPU per "
+                   "rank; default nccl when CUDA is visible, else gloo)")
     r.add_argument("--json", metavar="PATH", help="write the list of result records here")
     r.add_argument("--step-losses", action="store_true",
                    help="keep every step's training loss (of the global batch) in the JSON records")
@@ -79,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RUN_HEADERS = ("workload", "style", "device", "steps", "train loss", "test loss", "metric", "target",
-               "to target", "time to target", "step median", "train time", "notes")
+               "to target", "time to target", "step median [95 % CI]", "vs reference", "train time", "notes")
+RUN_FOOTNOTE = ("step median: of all timed steps; its interval: bootstrap over blocks of 10 steps.  vs reference: "
+                "step time over the reference style's (module, else the first), paired per interleaved round, "
+                "with its 95 % interval; \u2248 same: the interval straddles 1 or lies within \u00b13 %.")
 
 
 def _row(record: dict) -> List[str]:
@@ -93,9 +100,11 @@ def _row(record: dict) -> List[str]:
     if record.get("graph_replays") is not None:
         notes.append(f"{record['graph_replays']} steps replayed from {record['graph_captures']} CUDA graph(s)")
     reached = f"step {record['steps_to_target']}" if record["reached_target"] else "not reached"
-    times = [record["time_to_target_s"], record["step_time_median_s"], record["train_time_s"]]
+    times = [seconds(record["time_to_target_s"]),
+             seconds_interval(record["step_time_median_s"], record.get("step_time_interval_s")),
+             comparison_cell(record), seconds(record["train_time_s"])]
     if record["diverged"]:
-        times = [None] * 3  # a diverged run's time is not a result
+        times = ["-"] * 4  # a diverged run's time is not a result
     device = record["device"]
     if record.get("backend"):
         device += f" {record['world_size']}x{record['backend']}"
@@ -103,7 +112,7 @@ def _row(record: dict) -> List[str]:
         record["workload"], record["style"], device, str(record["steps"]),
         f"{record['final_train_loss']:.5g}", f"{record['test_loss']:.5g}",
         f"{record['metric']}={record['metric_value']:.4g}", f"{arrow} {record['target']:g}",
-        reached, *map(seconds, times), "; ".join(notes),
+        reached, *times, "; ".join(notes),
     ]
 
 
@@ -153,6 +162,8 @@ def _rank_argv(args, json_path: str) -> List[str]:
     """This command as each rank runs it under torchrun (no --nproc; results to json_path)."""
     argv = ["run", args.workload, "--style", args.style, "--device", "ddp", "--seed", str(args.seed),
             "--threads", str(args.threads), "--json", json_path]
+    if args.backend is not None:
+        argv += ["--backend", args.backend]
     for flag, value in (("--epochs", args.epochs), ("--steps", args.steps), ("--lr", args.lr),
                         ("--batch-size", args.batch_size)):
         if value is not None:
@@ -212,6 +223,9 @@ def cmd_run(args) -> int:
         if args.nproc is not None:
             raise UsageError("--save applies to single-process runs, not --nproc")
     rank_mode = _check_ddp_arguments(args)
+    if args.backend is not None and args.device != "ddp":
+        raise UsageError(f"--backend chooses the ddp process group's backend; it does not apply to --device {args.device}")
+    distributed.select_backend(args.backend)  # before configure: the checks depend on it
     names = WORKLOADS.names() if args.workload == "all" else [args.workload]
     styles = STYLES.names() if args.style == "all" else [args.style]
     overrides = dict(epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
@@ -237,40 +251,65 @@ def cmd_run(args) -> int:
 
 
 def _run_planned(args, planned, rank_mode: bool) -> int:
-    """Train every planned run in this process (a ddp rank: its part); the main process reports."""
+    """Train every planned run in this process (a ddp rank: its part); the main process reports.
+
+    The styles of one workload are timed interleaved (:mod:`workloads.interleave`), each
+    compared with the reference style (``module`` when it is among them, else the first).
+    """
     main_process = not rank_mode or distributed.rank() == 0
     records, rows = [], []
-    for name, style, config, skipped in planned:
-        if config is None:
-            rows.append([name, style, args.device] + ["-"] * 9 + [f"skipped: {skipped}"])
+    for name in dict.fromkeys(n for n, _, _, _ in planned):
+        group = [p for p in planned if p[0] == name]
+        for _, style, config, skipped in group:
+            if config is None:
+                rows.append([name, style, args.device] + ["-"] * 10 + [f"skipped: {skipped}"])
+        configs = [config for _, _, config, _ in group if config is not None]
+        if not configs:
             continue
-        bar = progress_bar(args.quiet or not main_process, f"{name}/{style}")
-        if bar is not None:
-            bar.reset(total=config.total_steps)
-        progress = (lambda step, total: bar.update(step - bar.n)) if bar is not None else None
-        hook = None
-        if args.save:
-            trained = {}
-            hook = lambda trainer: trained.update(trainer=trainer)  # noqa: E731  (saved below unless diverged)
-        try:
-            result = run(config, progress=progress, record_step_losses=args.step_losses, trainer_hook=hook)
-        finally:
-            if bar is not None:
-                bar.close()
-        record = result.to_dict()
-        records.append(record)
-        rows.append(_row(record))
-        if args.save and not result.diverged:  # a diverged model is not saved over a good one
-            checkpoint.save_trainer(args.save, name, trained["trainer"],
-                                    info={"style": style, "seed": args.seed, "steps": result.steps})
+        for result in _run_group(args, name, configs, main_process):
+            record = result.to_dict()
+            records.append(record)
+            rows.append(_row(record))
     if not main_process:
         return 0
     print(format_table(RUN_HEADERS, rows), flush=True)
+    print(RUN_FOOTNOTE, flush=True)
     if args.json:
         write_json_atomic(args.json, records)
     if rank_mode and distributed.launched_by_torchloops():
         return 0  # the launching process reads the records and reports divergence
     return _diverged_status(records)
+
+
+def _run_group(args, name: str, configs, main_process: bool):
+    """One workload's configurations, interleaved; saves the trained model with --save."""
+    styles = [c.style.name for c in configs]
+    reference = styles.index("module") if "module" in styles else 0
+    bar = progress_bar(args.quiet or not main_process, f"{name}/{','.join(styles) if len(styles) < 3 else 'styles'}")
+    progress = None
+    if bar is not None:
+        bar.reset(total=sum(c.total_steps for c in configs))
+        done = [0] * len(configs)
+
+        def tracker(i):
+            def update(step, _total):
+                bar.update(step - done[i])
+                done[i] = step
+            return update
+
+        progress = [tracker(i) for i in range(len(configs))]
+    trained = {}
+    hooks = [(lambda trainer: trained.update(trainer=trainer)) if args.save else None] * len(configs)
+    try:
+        results = run_interleaved(configs, reference=reference, progress=progress,
+                                  record_step_losses=args.step_losses, trainer_hooks=hooks)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.save and not results[0].diverged:  # a diverged model is not saved over a good one
+        checkpoint.save_trainer(args.save, name, trained["trainer"],
+                                info={"style": styles[0], "seed": args.seed, "steps": results[0].steps})
+    return results
 
 
 def cmd_compile(args) -> int:

@@ -43,13 +43,15 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import peers as _peers
-from .console import check_json_path, format_table, positive_float, positive_int, progress_bar, seconds, write_json_atomic
+from .console import check_json_path, format_table, seconds_interval, positive_float, positive_int, progress_bar, seconds, write_json_atomic
 from .console import seed as seed_type
 from .flops import step_flops, throughputs
 from .placements import PLACEMENTS
 from .references import REFERENCE_DIR, load_reference, reference_path, typical_seed  # noqa: F401 (re-exported)
 from .registry import WORKLOADS, UsageError
-from .runner import Unavailable, configure, run
+from .interleave import paired_records, run_interleaved
+from .runner import BLOCK_STEPS, Unavailable, configure, run
+from .stats import Estimate, format_ratio, median_interval, two_sample_ratio
 from .styles import STYLES
 
 PROG = "torchloops"
@@ -62,12 +64,6 @@ ALPHA = 0.01  # one-sided level of the never-reached (reliability) check
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _ratio(value: Optional[float], base: Optional[float]) -> str:
-    if value is None or not base:
-        return "-"
-    return f"{value / base:.2f}x" if value / base < 100 else f"{value / base:.0f}x"
 
 
 def _check_out_dir(path: str) -> None:
@@ -290,8 +286,8 @@ def cmd_converge(args) -> int:
 # --------------------------------------------------------------------------- compare
 
 
-COMPARE_HEADERS = ("style / peer", "device", "to target", "time to target", "step median", "vs raw",
-                   "vs best peer", "final metric", "% of peak", "notes")
+COMPARE_HEADERS = ("style / peer", "device", "to target", "time to target", "step median [95 % CI]",
+                   "vs module (paired)", "vs best peer", "final metric", "% of peak", "notes")
 
 
 def _median(values):
@@ -299,34 +295,81 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def _estimate(estimate: Optional[Estimate]) -> Optional[dict]:
+    if estimate is None:
+        return None
+    return {"ratio": estimate.point, "interval": estimate.interval, "samples": estimate.samples}
+
+
 def aggregate(records: List[dict], flops_per_step: float, peak: float) -> dict:
     """One table row's numbers from the records of one style (or peer) on one placement over seeds."""
     first = records[0]
     reached = [r for r in records if r["reached_target"]]
     step_median = _median([r["step_time_median_s"] for r in records])
+    blocks = [b for r in records for b in (r.get("step_time_blocks_s") or [])]
     row = {
         "kind": first.get("kind", "style"), "style": first["style"], "device": first["device"],
         "seeds": [r["seed"] for r in records], "reached": len(reached), "runs": len(records),
         "steps_to_target": _median([r["steps_to_target"] for r in reached]),
         "time_to_target_s": _median([r["time_to_target_s"] for r in reached]),
         "step_time_median_s": step_median,
+        "step_time_interval_s": median_interval(blocks).interval if blocks else None,
         "fit_time_s": _median([r.get("fit_time_s") for r in records]),
         "metric_value": _median([r["metric_value"] for r in records]),
         "dead_classes": sorted({c for r in records for c in (r.get("dead_classes") or [])}),
         "diverged": any(r.get("diverged") for r in records),
         "convergence_warning": any(r.get("convergence_warning") for r in records),
+        "vs_reference": None, "vs_best_peer": None,
     }
     row["peak_share"] = (flops_per_step / step_median / peak
                          if row["kind"] == "style" and step_median and peak else None)
     return row
 
 
+def _time_to_target_samples(records: List[dict]) -> List[float]:
+    """A style's time to target as ``steps_to_target x`` each block's median step time."""
+    return [r["steps_to_target"] * b for r in records if r["reached_target"] for b in r["step_time_blocks_s"] or []]
+
+
+def rows_of(groups: List[List[dict]], flops_per_step: float, peak: float) -> List[dict]:
+    """The table rows of one workload: each style's paired ratio to ``module`` (pooled over
+    seeds) and its time-to-target ratio to the fastest peer that reached the target."""
+    rows = [aggregate(g, flops_per_step, peak) for g in groups]
+    styles = [(row, g) for row, g in zip(rows, groups) if row["kind"] == "style"]
+    reference = next((g for row, g in styles if row["style"] == "module" and row["device"] == "cpu"), None)
+    peers = [(row, g) for row, g in zip(rows, groups) if row["kind"] == "peer" and row["reached"]]
+    best_peer = min(peers, key=lambda p: p[0]["time_to_target_s"], default=None)
+    for row, g in styles:
+        if reference is not None and g is not reference:
+            row["vs_reference"] = _estimate(paired_records(g, reference))
+        samples = _time_to_target_samples(g)
+        if best_peer is not None and samples:
+            fits = [t for r in best_peer[1] for t in r.get("fit_times_s", [r["fit_time_s"]])]
+            row["vs_best_peer"] = _estimate(two_sample_ratio(fits, samples))
+            row["best_peer"] = best_peer[0]["style"]
+    return rows
+
+
+def as_written_vs_fastest(groups: List[List[dict]]) -> Optional[dict]:
+    """The notes' program as written against the fastest style on the CPU, paired per round."""
+    cpu = {g[0]["style"]: g for g in groups if g[0].get("kind", "style") == "style" and g[0]["device"] == "cpu"}
+    if "as_written" not in cpu:
+        return None
+    fastest = min(cpu, key=lambda name: _median([r["step_time_median_s"] for r in cpu[name]]))
+    estimate = paired_records(cpu["as_written"], cpu[fastest])
+    return {"fastest": fastest, "as_written_step_s": _median([r["step_time_median_s"] for r in cpu["as_written"]]),
+            "fastest_step_s": _median([r["step_time_median_s"] for r in cpu[fastest]]),
+            "as_written_over_fastest": _estimate(estimate)}
+
+
+def _ratio_cell(found: Optional[dict]) -> str:
+    if not found:
+        return "-"
+    low, high = found["interval"] or (None, None)
+    return format_ratio(Estimate(found["ratio"], low, high, found["samples"]))
+
+
 def table_rows(rows: List[dict], metric: str) -> List[List[str]]:
-    raw = next((r for r in rows if r["style"] == "raw" and r["device"] == "cpu"), None)
-    raw = raw or next((r for r in rows if r["style"] == "raw"), None)
-    base_raw = raw["time_to_target_s"] if raw else None
-    peer_times = [r["time_to_target_s"] for r in rows if r["kind"] == "peer" and r["time_to_target_s"]]
-    best_peer = min(peer_times) if peer_times else None
     out = []
     for r in rows:
         if not r["reached"]:
@@ -347,10 +390,11 @@ def table_rows(rows: List[dict], metric: str) -> List[List[str]]:
         if r["convergence_warning"]:
             notes.append("ConvergenceWarning")
         share = "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.3g} %"
+        versus = "reference" if r["kind"] == "style" and r["style"] == "module" and r["device"] == "cpu" else \
+            _ratio_cell(r["vs_reference"])
         out.append([r["style"], r["device"], to_target, seconds(r["time_to_target_s"]),
-                    seconds(r["step_time_median_s"]), _ratio(r["time_to_target_s"], base_raw),
-                    _ratio(r["time_to_target_s"], best_peer), f"{r['metric_value']:.4g}", share,
-                    "; ".join(notes)])
+                    seconds_interval(r["step_time_median_s"], r.get("step_time_interval_s")), versus,
+                    _ratio_cell(r["vs_best_peer"]), f"{r['metric_value']:.4g}", share, "; ".join(notes)])
     return out
 
 
@@ -387,6 +431,83 @@ def _plan(args) -> dict:
     return plan
 
 
+PEER_FITS = 5  # each scikit-learn peer is fitted this many times, spread over the interleaved rounds
+
+
+def _run_workload(entry: dict, args, split) -> List[List[dict]]:
+    """Every style x placement of one workload, interleaved per seed, and the peers fitted
+    between rounds; returns the records grouped per style (or peer) over the seeds."""
+    wl = entry["workload"]
+    style_groups = [[] for _ in entry["configs"]]
+    peers = _peers.peers_for(wl.name)
+    peer_groups = [[] for _ in peers]
+    for k, seed in enumerate(entry["seeds"]):
+        configs = [configs[k] for configs in entry["configs"]]
+        data = split if k == 0 else wl.make_data(seed)
+        fits = [[] for _ in peers]
+        every = max(1, _expected_rounds(configs) // PEER_FITS)
+
+        def fit_peers(round_index: int) -> None:
+            if round_index % every == every - 1:
+                for peer, done in zip(peers, fits):
+                    if len(done) < PEER_FITS:
+                        done.append(_peers.fit_peer(wl, peer, data, seed, args.threads))
+
+        bar = progress_bar(args.quiet, f"{wl.name} seed {seed}", sum(c.total_steps for c in configs))
+        progress = None
+        if bar is not None:
+            seen = [0] * len(configs)
+
+            def tracker(i):
+                def update(step, _total):
+                    bar.update(step - seen[i])
+                    seen[i] = step
+                return update
+
+            progress = [tracker(i) for i in range(len(configs))]
+        try:
+            results = run_interleaved(configs, reference=_reference_index(configs), progress=progress,
+                                      between_rounds=fit_peers if peers else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        for group, result in zip(style_groups, results):
+            record = dict(result.to_dict(), kind="style")
+            record.pop("step_losses", None)
+            group.append(record)
+        for peer, done, group in zip(peers, fits, peer_groups):
+            while len(done) < min(3, PEER_FITS):  # a short run: the remaining fits after it
+                done.append(_peers.fit_peer(wl, peer, data, seed, args.threads))
+            group.append(_peer_record(done))
+    return style_groups + peer_groups
+
+
+def _expected_rounds(configs) -> int:
+    """Rounds the group will take: to the reference's median steps-to-target when known."""
+    reference = load_reference(configs[0].workload.name)
+    steps = configs[0].total_steps
+    if reference and reference["summary"].get("median"):
+        steps = min(steps, int(reference["summary"]["median"]))
+    return max(1, steps // BLOCK_STEPS)
+
+
+def _reference_index(configs) -> int:
+    """The ``module`` style on the CPU (else the first configuration) is every ratio's reference."""
+    keys = [(c.style.name, c.placement.name) for c in configs]
+    for wanted in (("module", "cpu"), ("module", configs[0].placement.name)):
+        if wanted in keys:
+            return keys.index(wanted)
+    return 0
+
+
+def _peer_record(fits: List[dict]) -> dict:
+    """One peer's record over repeated fits: the median fit, with every fit time kept."""
+    times = [f["fit_time_s"] for f in fits]
+    record = dict(sorted(fits, key=lambda f: f["fit_time_s"])[len(fits) // 2])
+    record["fit_times_s"] = times
+    return record
+
+
 def compare(args, out=None) -> dict:
     """Run the comparison of ``args`` (the parsed ``compare`` command); returns the results document."""
     out = sys.stdout if out is None else out
@@ -401,36 +522,15 @@ def compare(args, out=None) -> dict:
         split = wl.make_data(entry["seeds"][0])
         flops = step_flops(wl, entry["seeds"][0], wl.batch_size)
         peak = peaks[str(wl.dtype).replace("torch.", "")]
-        groups = []
-        for configs in entry["configs"]:
-            group = []
-            for config in configs:
-                label = f"{wl.name}/{config.style.name}/{config.placement.name} seed {config.seed}"
-                bar = progress_bar(args.quiet, label, config.total_steps)
-                progress = (lambda step, total: bar.update(step - bar.n)) if bar is not None else None
-                try:
-                    result = run(config, progress=progress)
-                finally:
-                    if bar is not None:
-                        bar.close()
-                record = dict(result.to_dict(), kind="style")
-                record.pop("step_losses", None)
-                group.append(record)
-            groups.append(group)
-        for peer in _peers.peers_for(wl.name):
-            group = []
-            for seed in entry["seeds"]:
-                data = split if seed == entry["seeds"][0] else wl.make_data(seed)
-                group.append(_peers.fit_peer(wl, peer, data, seed, args.threads))
-            groups.append(group)
-        rows = [aggregate(g, flops, peak) for g in groups]
+        groups = _run_workload(entry, args, split)
+        rows = rows_of(groups, flops, peak)
         for g in groups:
             records.extend(g)
         section = {
             "workload": wl.name, "metric": wl.metric.name, "higher_is_better": wl.metric.higher_is_better,
             "target": wl.target, "seeds": entry["seeds"], "typical_seed": entry["typical_seed"],
             "dtype": str(wl.dtype).replace("torch.", ""), "flops_per_step": flops,
-            "peak_flops": peak, "rows": rows,
+            "peak_flops": peak, "rows": rows, "as_written_vs_fastest": as_written_vs_fastest(groups),
         }
         sections.append(section)
     # The machine is shared: measure the peak again after the runs and keep the better of the two.
@@ -462,6 +562,13 @@ def compare(args, out=None) -> dict:
     return document
 
 
+COMPARE_FOOTNOTE = (
+    "sk: peers: time = the median of the fits, it = n_iter_, step median = fit time / n_iter_.  Styles run "
+    "interleaved in blocks of 10 steps; vs module: step-time ratio paired per round; vs best peer: (steps to "
+    "target x block step times) over the fastest peer's fit times; [95 % bootstrap CI]; \u2248 same: "
+    "interval straddles 1 or within \u00b13 %")
+
+
 def _print_section(section: dict, out) -> None:
     arrow = ">=" if section["higher_is_better"] else "<="
     seeds = section["seeds"]
@@ -472,8 +579,12 @@ def _print_section(section: dict, out) -> None:
           f"{section['flops_per_step']:.3g} FLOPs/step (fwd+bwd); measured {section['dtype']} matmul peak "
           f"{section['peak_flops'] / 1e9:.1f} GFLOP/s", file=out)
     print(format_table(COMPARE_HEADERS, table_rows(section["rows"], section["metric"])), file=out, flush=True)
-    print("sk: peers: time = the whole fit, it = n_iter_, step median = fit time / n_iter_; "
-          "vs raw / vs best peer: time-to-target ratios", file=out)
+    found = section.get("as_written_vs_fastest")
+    if found and found["as_written_over_fastest"]:
+        print(f"as written vs fastest: as_written {seconds(found['as_written_step_s'])} a step, fastest "
+              f"({found['fastest']}) {seconds(found['fastest_step_s'])}: as_written / {found['fastest']} = "
+              f"{_ratio_cell(found['as_written_over_fastest'])}", file=out)
+    print(COMPARE_FOOTNOTE, file=out)
 
 
 def cmd_compare(args) -> int:

@@ -72,6 +72,31 @@ def seconds(value: Optional[float]) -> str:
     return f"{value:.2f} s"
 
 
+def seconds_interval(value: Optional[float], interval: Optional[Sequence[float]]) -> str:
+    """A time with its 95 % interval, e.g. ``318 us [310-325]`` (the unit of the point)."""
+    if value is None:
+        return "-"
+    if not interval:
+        return seconds(value)
+    text = seconds(value)
+    number, unit = text.split(" ")
+    scale = {"us": 1e6, "ms": 1e3, "s": 1.0}[unit]
+    digits = 0 if unit == "us" else 2
+    low, high = (f"{bound * scale:.{digits}f}" for bound in interval)
+    return f"{number} [{low}-{high}] {unit}"
+
+
+def comparison_cell(record: dict) -> str:
+    """A record's paired ratio to its reference: ``0.52x [0.50-0.55]``, ``≈ same``, or ``reference``."""
+    from .stats import Estimate, format_ratio
+
+    found = record.get("comparison")
+    if not found:
+        return "reference" if record.get("block_steps") else "-"
+    low, high = found["interval"] or (None, None)
+    return format_ratio(Estimate(found["ratio"], low, high, found["rounds"]))
+
+
 def progress_bar(quiet: bool, label: str, total: Optional[int] = None, unit: str = "step"):
     """A tqdm bar on stderr, shown only on a terminal and only for runs longer than 2 s."""
     if quiet or not sys.stderr.isatty():

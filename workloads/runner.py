@@ -14,6 +14,7 @@ and placements are comparable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -101,6 +102,16 @@ class RunResult:
     peak_gpu_memory_bytes: Optional[int] = None  # torch.cuda.max_memory_allocated; None off CUDA
     graph_replays: Optional[int] = None  # cuda_graph: steps that were replays of a captured graph
     graph_captures: Optional[int] = None  # cuda_graph: graphs captured (one per batch shape)
+    # Timing statistics (workloads.stats): the median step time of each block of ``block_steps``
+    # consecutive steps, and the 95 % bootstrap interval of the median over those blocks.
+    step_time_interval_s: Optional[List[float]] = None
+    step_time_blocks_s: Optional[List[float]] = None
+    block_steps: Optional[int] = None
+    block_rounds: Optional[List[int]] = None  # the interleaving round of each block (pairs blocks of a group)
+    # Interleaved runs: the paired step-time ratio against the reference configuration
+    # {"reference", "ratio", "interval", "verdict", "rounds"}; None for a run timed alone.
+    comparison: Optional[dict] = None
+    instructions_per_step: Optional[float] = None  # torchloops count (callgrind); None when not counted
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -306,6 +317,161 @@ def _set_deterministic(on: bool) -> Callable[[], None]:
     return restore
 
 
+BLOCK_STEPS = 10  # steps per timed block: the unit of interleaving and the samples of every interval
+
+
+class Session:
+    """One configured run, trained a block of steps at a time.
+
+    :func:`run` drives one session to its end; :func:`workloads.interleave.run_interleaved`
+    alternates several, so that every configuration sees the same machine phases.  A session
+    keeps its own model, optimizer, batch position and clock, so its trajectory does not
+    depend on what runs between its blocks.  Threads and determinism are the caller's (they
+    are process-wide): see :func:`process_settings`.
+    """
+
+    def __init__(self, config: RunConfig, *, progress=None, record_step_losses: bool = False):
+        self.config, self.progress, self.record_step_losses = config, progress, record_step_losses
+        self.trainer, self.batcher, self.plan, self.split = build(config)
+        self.step_times: List[float] = []
+        self.block_times: List[float] = []  # median step time of each block (the timing samples)
+        self.block_rounds: List[int] = []  # the interleaving round each block ran in
+        self.losses: List[torch.Tensor] = []
+        self.history: List[dict] = []
+        self.step, self.elapsed = 0, 0.0
+        self.steps_to_target = self.time_to_target = None
+        self.diverged, self.diverged_at_step = False, None
+        self.last = None
+        self.finished = False
+        self.peak_memory: Optional[int] = None
+        self._epoch, self._batches = 0, None
+        config.placement.sync()  # the data and model copies to the device are not the first step's time
+
+    def advance(self, steps: int = BLOCK_STEPS, round_index: Optional[int] = None) -> int:
+        """Train up to ``steps`` more steps (fewer at the end, or when an evaluation stops it)."""
+        placement = self.config.placement
+        placement.reset_peak_memory()  # after build: CUDA is initialised by then
+        times: List[float] = []
+        while len(times) < steps and not self.finished:
+            timed = self._timed_step()
+            if timed is None:
+                self.finished = True
+                break
+            times.append(timed[0])
+            self.finished = self._after_step(*timed)
+        if times:
+            self.block_times.append(statistics.median(times))
+            self.block_rounds.append(len(self.block_rounds) if round_index is None else round_index)
+        peak = placement.peak_memory_bytes()
+        if peak is not None:
+            self.peak_memory = max(peak, self.peak_memory or 0)
+        return len(times)
+
+    def _timed_step(self):
+        """(seconds, loss) of the next step of the plan, or None when the plan is done."""
+        wl, placement = self.config.workload, self.config.placement
+        clock = time.perf_counter()
+        while True:
+            if self._batches is None:
+                if self._epoch >= len(self.plan):
+                    return None
+                clock = time.perf_counter()  # the DataLoader's iterator counts towards the epoch's first step
+                self._batches = iter(self.batcher.epoch(self._epoch))
+            batch = next(self._batches, None)
+            if batch is not None:
+                break
+            self._batches, self._epoch = None, self._epoch + 1
+        try:
+            loss = self.trainer.step(*batch)
+        except RuntimeError as error:
+            # e.g. Adam's lr / bias correction beyond float32: the update itself
+            # overflows before any loss is non-finite.  That is divergence too.
+            if "overflow" not in str(error):
+                raise
+            loss = torch.full((), math.inf, dtype=wl.dtype, device=placement.device())
+        placement.sync()
+        return time.perf_counter() - clock, loss
+
+    def _after_step(self, took: float, loss: torch.Tensor) -> bool:
+        """Book the step; divergence, evaluation and target outside the timed region.  True: stop."""
+        config, wl, placement = self.config, self.config.workload, self.config.placement
+        self.step_times.append(took)
+        self.elapsed += took
+        self.losses.append(loss)
+        self.step += 1
+        # The step loss is a 0-dim tensor the sync has already waited for; ddp ranks agree so
+        # that all stop together.
+        bad = not bool(torch.isfinite(loss).all())
+        if placement.world_size() > 1:
+            bad = placement.agree(bad)
+        if bad and self.diverged_at_step is None:
+            self.diverged, self.diverged_at_step = True, self.step
+        if not bad and self.step % config.eval_every and self.step != config.total_steps:
+            return False
+        last = self.last = evaluate(self.trainer, wl, self.split)
+        self.history.append({"step": self.step, "epoch": self.step / config.steps_per_epoch,
+                             "time_s": self.elapsed, "train_loss": last["train_loss"],
+                             "test_loss": last["test_loss"], "metric_value": last["metric_value"]})
+        if self.progress is not None:
+            self.progress(self.step, config.total_steps)
+        if not math.isfinite(last["train_loss"]) and self.diverged_at_step is None:
+            self.diverged, self.diverged_at_step = True, self.step
+        if not self.diverged and self.steps_to_target is None and wl.metric.reached(last["metric_value"], wl.target):
+            self.steps_to_target, self.time_to_target = self.step, self.elapsed
+        # ddp: every rank evaluates its identical replica; all of them stop together
+        return placement.agree(self.diverged or (config.until_target and self.steps_to_target is not None))
+
+    def result(self, comparison: Optional[dict] = None) -> RunResult:
+        return _record(self, comparison)
+
+
+def _record(session: Session, comparison: Optional[dict]) -> RunResult:
+    """The run record of a finished session."""
+    from .stats import median_interval
+
+    config, wl, placement = session.config, session.config.workload, session.config.placement
+    last = session.last
+    matrix = dead = None
+    if wl.metric.is_classification:
+        matrix, dead = _class_report(last["outputs"], session.split)
+    step_losses = None
+    if session.record_step_losses:
+        step_losses = placement.reduce_step_losses(torch.stack(session.losses)).double().cpu().tolist()
+    interval = median_interval(session.block_times).interval if session.block_times else None
+    return RunResult(
+        workload=wl.name, style=config.style.name, device=placement.name, device_name=placement.device_name(),
+        seed=config.seed, threads=config.threads, torch_version=torch.__version__,
+        world_size=placement.world_size(), backend=placement.backend(),
+        dtype=str(wl.dtype).replace("torch.", ""), optimizer=config.optimizer.describe(), lr=config.lr,
+        batch_size=config.batch_size, steps=session.step, epochs=session.step / config.steps_per_epoch,
+        final_train_loss=last["train_loss"], test_loss=last["test_loss"], metric=wl.metric.name,
+        metric_value=last["metric_value"], target=wl.target, higher_is_better=wl.metric.higher_is_better,
+        reached_target=session.steps_to_target is not None, steps_to_target=session.steps_to_target,
+        time_to_target_s=session.time_to_target, step_time_median_s=statistics.median(session.step_times),
+        train_time_s=session.elapsed, until_target=config.until_target, diverged=session.diverged,
+        diverged_at_step=session.diverged_at_step, deterministic=config.deterministic,
+        dead_classes=dead, confusion_matrix=matrix, history=session.history, step_losses=step_losses,
+        peak_gpu_memory_bytes=session.peak_memory,
+        graph_replays=getattr(session.trainer, "replayed_steps", None),
+        graph_captures=getattr(session.trainer, "captures", None),
+        step_time_interval_s=interval, step_time_blocks_s=list(session.block_times),
+        block_steps=BLOCK_STEPS, block_rounds=list(session.block_rounds), comparison=comparison,
+    )
+
+
+@contextlib.contextmanager
+def process_settings(config: RunConfig):
+    """``config``'s threads and determinism for the duration of the block; restored after."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    restore_determinism = _set_deterministic(config.deterministic)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        restore_determinism()
+
+
 def run(
     config: RunConfig,
     *,
@@ -319,124 +485,10 @@ def run(
     ``trainer_hook(trainer)`` is called once after training (tests use it to save a
     checkpoint of the trained model).
     """
-    wl, placement = config.workload, config.placement
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    restore_determinism = _set_deterministic(config.deterministic)
-    try:
-        placement.reset_peak_memory()
-        trainer, batcher, plan, split = build(config)
-        step_times: List[float] = []
-        losses: List[torch.Tensor] = []
-        history: List[dict] = []
-        step, elapsed = 0, 0.0
-        steps_to_target = time_to_target = None
-        diverged = False
-        diverged_at_step = None
-        last = None
-        several_ranks = placement.world_size() > 1
-        placement.sync()  # the data and model copies to the device are not the first step's time
-        for epoch_index in range(len(plan)):
-            clock = time.perf_counter()
-            for batch in batcher.epoch(epoch_index):
-                try:
-                    loss = trainer.step(*batch)
-                except RuntimeError as error:
-                    # e.g. Adam's lr / bias correction beyond float32: the update itself
-                    # overflows before any loss is non-finite.  That is divergence too.
-                    if "overflow" not in str(error):
-                        raise
-                    loss = torch.full((), math.inf, dtype=wl.dtype, device=placement.device())
-                placement.sync()
-                now = time.perf_counter()
-                step_times.append(now - clock)
-                elapsed += now - clock
-                losses.append(loss)
-                step += 1
-                # Divergence within one step, outside the timed region: the step loss is a
-                # 0-dim tensor the sync above has already waited for (no extra host sync on
-                # CUDA beyond reading one value); ddp ranks agree so that all stop together.
-                bad = not bool(torch.isfinite(loss).all())
-                if several_ranks:
-                    bad = placement.agree(bad)
-                if bad and diverged_at_step is None:
-                    diverged, diverged_at_step = True, step
-                if not bad and step % config.eval_every and step != config.total_steps:
-                    clock = time.perf_counter()  # the check above is not the next step's time
-                    continue
-                last = evaluate(trainer, wl, split)
-                history.append(
-                    {
-                        "step": step,
-                        "epoch": step / config.steps_per_epoch,
-                        "time_s": elapsed,
-                        "train_loss": last["train_loss"],
-                        "test_loss": last["test_loss"],
-                        "metric_value": last["metric_value"],
-                    }
-                )
-                if progress is not None:
-                    progress(step, config.total_steps)
-                if not math.isfinite(last["train_loss"]) and diverged_at_step is None:
-                    diverged, diverged_at_step = True, step
-                if not diverged and steps_to_target is None and wl.metric.reached(last["metric_value"], wl.target):
-                    steps_to_target, time_to_target = step, elapsed
-                # ddp: every rank evaluates its identical replica; all of them stop together
-                if placement.agree(diverged or (config.until_target and steps_to_target is not None)):
-                    break
-                clock = time.perf_counter()
-            else:
-                continue
-            break
+    with process_settings(config):
+        session = Session(config, progress=progress, record_step_losses=record_step_losses)
+        while not session.finished:
+            session.advance(BLOCK_STEPS)
         if trainer_hook is not None:
-            trainer_hook(trainer)
-        step_losses = None
-        if record_step_losses:
-            step_losses = placement.reduce_step_losses(torch.stack(losses)).double().cpu().tolist()
-        peak_memory = placement.peak_memory_bytes()
-    finally:
-        torch.set_num_threads(previous_threads)
-        restore_determinism()
-
-    matrix = dead = None
-    if wl.metric.is_classification:
-        matrix, dead = _class_report(last["outputs"], split)
-    return RunResult(
-        workload=wl.name,
-        style=config.style.name,
-        device=placement.name,
-        device_name=placement.device_name(),
-        seed=config.seed,
-        threads=config.threads,
-        torch_version=torch.__version__,
-        world_size=placement.world_size(),
-        backend=placement.backend(),
-        dtype=str(wl.dtype).replace("torch.", ""),
-        optimizer=config.optimizer.describe(),
-        lr=config.lr,
-        batch_size=config.batch_size,
-        steps=step,
-        epochs=step / config.steps_per_epoch,
-        final_train_loss=last["train_loss"],
-        test_loss=last["test_loss"],
-        metric=wl.metric.name,
-        metric_value=last["metric_value"],
-        target=wl.target,
-        higher_is_better=wl.metric.higher_is_better,
-        reached_target=steps_to_target is not None,
-        steps_to_target=steps_to_target,
-        time_to_target_s=time_to_target,
-        step_time_median_s=statistics.median(step_times),
-        train_time_s=elapsed,
-        until_target=config.until_target,
-        diverged=diverged,
-        diverged_at_step=diverged_at_step,
-        deterministic=config.deterministic,
-        dead_classes=dead,
-        confusion_matrix=matrix,
-        history=history,
-        step_losses=step_losses,
-        peak_gpu_memory_bytes=peak_memory,
-        graph_replays=getattr(trainer, "replayed_steps", None),
-        graph_captures=getattr(trainer, "captures", None),
-    )
+            trainer_hook(session.trainer)
+        return session.result()

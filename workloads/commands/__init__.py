@@ -12,7 +12,7 @@ import importlib
 from types import ModuleType
 from typing import Dict
 
-NAMES: tuple = ("profile",)
+NAMES: tuple = ("diff", "profile")
 
 
 def modules() -> Dict[str, ModuleType]:

@@ -3,7 +3,9 @@
 What a rank does differently from the single-process run, and nothing else:
 
 * **process group**: ``init_process_group`` from torchrun's environment
-  (``env://``), gloo on CPU, nccl on CUDA (one GPU per local rank);
+  (``env://``) with the backend ``--backend`` asks for (:func:`select_backend`;
+  default nccl when CUDA is visible, else gloo): gloo ranks train on the CPU, nccl
+  ranks on one GPU each (``cuda:LOCAL_RANK``); records report ``dist.get_backend()``;
 * **sharding**: every rank follows the one batch plan of :mod:`workloads.data`
   and takes its contiguous share of each *global* batch (``tensor_split``
   sizes: the first ``n % W`` ranks get one row more; the same rule for manual
@@ -92,13 +94,54 @@ def stop_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def use_cuda() -> bool:
+BACKENDS = ("gloo", "nccl")
+_requested: Optional[str] = None  # --backend, for this process and the ranks it starts
+
+
+def cuda_visible() -> bool:
+    """Whether this torch build has CUDA and a GPU is visible."""
     return torch.version.cuda is not None and torch.cuda.is_available()
 
 
+def default_backend() -> str:
+    """The backend a ddp run gets unless ``--backend`` says otherwise: nccl when CUDA is
+    visible, else gloo."""
+    return "nccl" if cuda_visible() else "gloo"
+
+
+def select_backend(name: Optional[str]) -> None:
+    """``--backend``: the process group's backend for this process (None: the default).
+
+    gloo ranks train on the CPU even where GPUs are visible; nccl ranks train on
+    ``cuda:LOCAL_RANK``.  Raises :class:`UsageError` for a backend that cannot run here."""
+    global _requested
+    from .registry import UsageError
+
+    if name is not None and name not in BACKENDS:
+        raise UsageError(f"--backend {name!r} is not a ddp backend; valid: {', '.join(BACKENDS)}")
+    if name == "nccl" and not cuda_visible():
+        why = (f"this torch build ({torch.__version__}) has no CUDA support" if torch.version.cuda is None
+               else "no CUDA device is visible")
+        raise UsageError(f"--backend nccl needs one GPU per rank and {why}; valid here: gloo")
+    _requested = name
+
+
+def requested_backend() -> str:
+    """The backend this process would initialise its group with: ``--backend``, else the default."""
+    return _requested or default_backend()
+
+
 def backend_name() -> str:
-    """The documented backend of this machine: nccl on CUDA, gloo on CPU."""
-    return "nccl" if use_cuda() else "gloo"
+    """The backend of this process's group when it has joined one (``dist.get_backend()``),
+    else the one it would join with."""
+    if is_initialized():
+        return str(_dist().get_backend())
+    return requested_backend()
+
+
+def use_cuda() -> bool:
+    """Whether the ranks train on GPUs: nccl (one GPU per rank); gloo ranks use the CPU."""
+    return backend_name() == "nccl" and cuda_visible()
 
 
 def backend_problem() -> Optional[str]:
@@ -107,6 +150,8 @@ def backend_problem() -> Optional[str]:
     if not dist.is_available():
         return f"this torch build ({torch.__version__}) has no torch.distributed"
     backend = backend_name()
+    if backend == "nccl" and not cuda_visible():
+        return "the nccl backend needs one GPU per rank and no CUDA device is visible"
     if backend == "nccl" and not dist.is_nccl_available():
         return f"CUDA is visible but this torch build ({torch.__version__}) has no NCCL backend"
     if backend == "gloo" and not dist.is_gloo_available():
@@ -150,11 +195,12 @@ def ensure_process_group() -> None:
     if is_initialized():
         return
     dist = _dist()
-    if use_cuda():
+    backend = requested_backend()
+    if backend == "nccl":
         torch.cuda.set_device(device())
         dist.init_process_group("nccl", timeout=TIMEOUT, device_id=device())
     else:
-        dist.init_process_group("gloo", timeout=TIMEOUT)
+        dist.init_process_group(backend, timeout=TIMEOUT)
 
 
 def shutdown() -> None:

@@ -64,7 +64,52 @@ def _dataparallel_availability() -> Availability:
     if not cuda.ok:
         # On CPU nn.DataParallel is a silent pass-through: timing it would time a no-op wrapper.
         return Availability(False, f"nn.DataParallel needs CUDA devices: {cuda.reason}")
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        # torch/nn/parallel/data_parallel.py, forward(): ``if len(self.device_ids) == 1:
+        # return self.module(*inputs[0], **module_kwargs[0])``: one GPU is the cuda run renamed.
+        return Availability(
+            False, f"nn.DataParallel is a pass-through on one GPU: it scatters over 2+ GPUs ({gpus} visible)"
+        )
     return Availability(True)
+
+
+# Devices whose one-off start-up (context, cuBLAS/cuDNN handles, lazily loaded kernel
+# modules) this process has already paid, untimed, in a placement's setup.
+_WARMED: set = set()
+
+
+def warm_up(device: torch.device) -> None:
+    """Pay a device's one-off start-up before anything is timed: a float32 and a float64
+    matmul (cuBLAS handle and workspace), a convolution forward and backward (cuDNN handle,
+    its kernels), a reduction and an elementwise kernel, then a synchronisation.  Once per
+    device per process; on the CPU it just runs the same small operations."""
+    key = str(device)
+    if key in _WARMED:
+        return
+    for dtype in (torch.float32, torch.float64):
+        a = torch.ones(8, 8, dtype=dtype, device=device)
+        (a @ a).sum().item()
+    x = torch.ones(2, 1, 8, 8, device=device, requires_grad=True)
+    w = torch.ones(2, 1, 3, 3, device=device, requires_grad=True)
+    torch.nn.functional.conv2d(x, w).relu().sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    _WARMED.add(key)
+
+
+def _reset_peak_memory_stats(device: torch.device) -> None:
+    """``torch.cuda.reset_peak_memory_stats(device)``, safe in a process where CUDA is not
+    initialised yet.  torch/cuda/memory.py's ``reset_peak_memory_stats`` goes straight to
+    ``torch._C._cuda_resetPeakMemoryStats(device)`` with an explicit index (only ``None``
+    makes ``_get_device_index`` ask ``current_device()``, which runs ``_lazy_init``), and the
+    caching allocator refuses a device it has not been initialised for ("Invalid device
+    argument 0: did you call init?"); ``max_memory_allocated`` is guarded by
+    ``memory_stats_as_nested_dict``'s ``if not is_initialized(): return {}``, the reset is
+    not.  So: initialise first."""
+    if not torch.cuda.is_initialized():
+        torch.cuda.init()
+    torch.cuda.reset_peak_memory_stats(device)
 
 
 def _cuda_graph_availability() -> Availability:
@@ -137,7 +182,17 @@ class Placement:
         return True
 
     def setup(self) -> None:
-        """Prepare the process before a run is built (ddp: join the process group)."""
+        """Prepare the process before a run is built (untimed): on CUDA, pay the devices'
+        one-off start-up (:func:`warm_up`); ddp: join the process group first."""
+        if self.device_type == "cuda":
+            for device in self.devices():
+                warm_up(device)
+
+    def devices(self) -> list:
+        """Every device a run of this placement computes on (DataParallel: every visible GPU)."""
+        if self.device_type == "cuda" and self.wraps_module:
+            return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        return [self.device()]
 
     def trainer_class(self, cls):
         """The trainer class a style builds here (``RawTrainer`` or ``ModuleTrainer`` as is)."""
@@ -156,8 +211,9 @@ class Placement:
         return losses
 
     def reset_peak_memory(self) -> None:
+        """Start this placement's peak-memory count (safe before CUDA is initialised)."""
         if self.device().type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device())
+            _reset_peak_memory_stats(self.device())
 
     def peak_memory_bytes(self) -> Optional[int]:
         """Peak memory allocated by torch on this placement's (first) GPU; None off CUDA."""
@@ -168,8 +224,9 @@ class Placement:
 
 @dataclass(frozen=True)
 class DistributedPlacement(Placement):
-    """``DistributedDataParallel``, one process per rank under torchrun: gloo on CPU, nccl on
-    CUDA (``cuda:LOCAL_RANK``).  The raw style applies: it averages gradients itself."""
+    """``DistributedDataParallel``, one process per rank under torchrun: gloo ranks on the CPU,
+    nccl ranks on CUDA (``cuda:LOCAL_RANK``); ``--backend`` chooses (default nccl when CUDA is
+    visible, else gloo).  The raw style applies: it averages gradients itself."""
 
     def launch_availability(self, nproc: int) -> Availability:
         """Whether ``torchloops run --device ddp --nproc N`` can start its ranks here."""
@@ -198,7 +255,12 @@ class DistributedPlacement(Placement):
         return distributed.rank() == 0
 
     def setup(self) -> None:
-        distributed.ensure_process_group()
+        distributed.ensure_process_group()  # nccl: sets this rank's GPU first
+        if self.device().type == "cuda":
+            warm_up(self.device())
+
+    def devices(self) -> list:
+        return [self.device()]
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return distributed.wrap(model)
@@ -243,8 +305,10 @@ PLACEMENTS.register(
 PLACEMENTS.register(
     DistributedPlacement(
         "ddp",
-        "DistributedDataParallel, one process per rank started by torchrun (gloo on CPU, nccl on CUDA)",
-        "cuda" if distributed.use_cuda() else "cpu",  # each rank: cuda:LOCAL_RANK, or the CPU
+        "DistributedDataParallel, one process per rank started by torchrun (--backend gloo: CPU ranks; "
+        "nccl: one GPU per rank; default nccl when CUDA is visible, else gloo)",
+        # the default backend's device type; each rank's device() follows the backend it joined with
+        "cuda" if distributed.use_cuda() else "cpu",
         _ddp_availability,
     )
 )

@@ -175,12 +175,37 @@ def _trainer_class(placement, cls):
     return placement.trainer_class(cls)
 
 
+def plan_on_device(plan: List[List[BatchEntry]], device: torch.device) -> List[List[BatchEntry]]:
+    """The plan with its index tensors (shuffled batches) on ``device``, moved once, untimed:
+    indexing GPU data with a CPU index tensor copies the index to the GPU inside every
+    timed step.  Slices (in-order batches) stay slices; on the CPU nothing is copied."""
+    if device.type == "cpu":
+        return plan
+    moved_plan = []
+    for epoch in plan:
+        tensors = [e for e in epoch if not isinstance(e, slice)]
+        if not tensors:
+            moved_plan.append(epoch)
+            continue
+        # one host-to-device copy per epoch; each batch's index is a view of it
+        moved = iter(torch.cat(tensors).to(device).split([t.numel() for t in tensors]))
+        moved_plan.append([e if isinstance(e, slice) else next(moved) for e in epoch])
+    return moved_plan
+
+
+def pre_indexed_batcher(split: Split, plan: List[List[BatchEntry]]) -> PreIndexedBatcher:
+    """:class:`~workloads.fused.PreIndexedBatcher` over the plan with its indices already on
+    the data's device, so an epoch's gather is one ``index_select`` with no index copy."""
+    return PreIndexedBatcher(split, plan_on_device(plan, split.X_train.device))
+
+
 class SliceBatcher:
     """Manual indexing, as the notes slice ``x_tensor[start:end]``: a view for in-order
-    batches, a gather for shuffled ones."""
+    batches, a gather for shuffled ones (its index already on the data's device)."""
 
     def __init__(self, split: Split, plan: List[List[BatchEntry]]):
-        self.X, self.y, self.plan = split.X_train, split.y_train, plan
+        self.X, self.y = split.X_train, split.y_train
+        self.plan = plan_on_device(plan, self.X.device)
 
     def epoch(self, index: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         X, y = self.X, self.y
@@ -319,7 +344,7 @@ STYLES.register(
         "the nn.Module model, pre-indexed batches, torch.optim fused/foreach, grads set to None, "
         "inference_mode evaluation",
         _module_trainer(lambda w: w.build_module(), TunedTrainer),
-        PreIndexedBatcher,
+        pre_indexed_batcher,
         uses_module=True,
     )
 )
@@ -328,7 +353,7 @@ STYLES.register(
         "fused",
         "no autograd: hand-derived gradients, _foreach in-place updates, pre-indexed batches",
         _fused_trainer,
-        PreIndexedBatcher,
+        pre_indexed_batcher,
         uses_module=False,
     )
 )

@@ -72,6 +72,32 @@ def test_flop_counter_respects_convolution_output_mask():
     assert flops.count_flops(torch.relu, x) == 0  # elementwise: not counted
 
 
+def test_im2col_convolution_kernels_count_as_convolution():
+    """The fused LeNet step calls ATen's im2col kernels (``_slow_conv2d_*``) directly: they
+    count what ``convolution`` / ``convolution_backward`` count for the same shapes and mask."""
+    aten = torch.ops.aten
+    x, w, grad = torch.randn(2, 6, 15, 15), torch.randn(16, 6, 3, 3), torch.randn(2, 16, 13, 13)
+    assert flops.count_flops(aten._slow_conv2d_forward, x, w, [3, 3], None, [1, 1], [0, 0]) == flops.count_flops(
+        torch.nn.functional.conv2d, x, w)
+    for mask in ([True, True, True], [False, True, True], [True, False, False]):
+        slow = flops.count_flops(aten._slow_conv2d_backward.output_mask, grad, x, w, [3, 3], [1, 1], [0, 0], mask)
+        onednn = flops.count_flops(aten.convolution_backward, grad, x, w, [16], [1, 1], [0, 0], [1, 1], False,
+                                   [0, 0], 1, mask)
+        assert slow == onednn
+
+
+def test_fused_step_counts_the_module_steps_flops():
+    """Same products in every style: the fused LeNet step (im2col kernels, no input gradient for
+    conv1) counts what autograd's module step counts on the same batch."""
+    from workloads.runner import build, configure
+
+    counts = []
+    for style in ("module", "fused"):
+        trainer, batcher, _plan, _split = build(configure("lenet", style, "cpu", 0, steps=1))
+        counts.append(flops.count_step_flops(trainer, next(iter(batcher.epoch(0)))))
+    assert counts[0] == counts[1] > 0
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [

@@ -33,11 +33,35 @@ import torch
 from .registry import Workload
 
 
+def _slow_conv2d_formulas() -> dict:
+    """FlopCounterMode formulas for ATen's im2col convolution kernels, which the ``fused``
+    LeNet step calls directly: torch 2.13's own entry for ``_slow_conv2d_forward`` passes
+    that op's arguments to the ``convolution`` formula (and fails: no ``transposed``
+    argument), and it has none for ``_slow_conv2d_backward``.  These are the
+    ``convolution`` / ``convolution_backward`` formulas (same counts, checked in
+    tests/test_profile.py) with the arguments mapped."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    def forward(x_shape, w_shape, _kernel_size, _bias, _stride, _padding, *, out_shape=None, **_kwargs):
+        return fc.conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+    def backward(grad_shape, x_shape, w_shape, _kernel_size, _stride, _padding, output_mask, *, out_shape=None,
+                 **_kwargs):
+        # as convolution_backward's formula: the input gradient (a transposed convolution of
+        # the output gradient) and the weight gradient each cost the forward's products
+        forward_flops = fc.conv_flop_count(x_shape, w_shape, grad_shape, transposed=False)
+        return forward_flops * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+    return {aten._slow_conv2d_forward: forward, aten._slow_conv2d_backward: backward}
+
+
 def count_flops(fn: Callable, *args, **kwargs) -> int:
     """FLOPs of one call of ``fn(*args, **kwargs)``, by ``FlopCounterMode`` (see the module docstring)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_slow_conv2d_formulas()) as counter:
         fn(*args, **kwargs)
     return int(counter.get_total_flops())
 

@@ -15,7 +15,7 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, standardise, to_split
-from .fused import linear_backward, mse_with_grad, relu_backward
+from .fused import linear_backward, mse_with_grad
 from .losses import mse, raw_mse
 from .registry import Metric, OptimizerSpec, Workload, register_workload
 
@@ -69,17 +69,40 @@ def one_hidden_layer_raw(activation):
 def one_hidden_layer_fused(activation, activation_backward):
     """The hand-derived forward + backward of both "from raw" methods with an MSE loss:
     ``d = 2 (y_hat - y) / N`` through ``fc2``, the activation's derivative (from its
-    output), then ``fc1``."""
+    output), then ``fc1``.
+
+    ``fc1``'s weight gradient is computed as ``(x^T g)^T``, not ``g^T x``: the same sum, but
+    MKL's kernel for a transposed (N, 128) left operand measured 2.2x (float64) to 3.4x
+    (float32) slower than for the transposed (N, 5) one."""
 
     def fused_grads(params, x, y):
         weights1, biases1, weights2, biases2 = params
         hidden = activation(torch.addmm(biases1, x, weights1.t()))
         loss, d_out = mse_with_grad(torch.addmm(biases2, hidden, weights2.t()), y)
         d_hidden, g_w2, g_b2 = linear_backward(d_out, hidden, weights2)
-        _, g_w1, g_b1 = linear_backward(activation_backward(d_hidden, hidden), x, weights1, need_input=False)
-        return loss, [g_w1, g_b1, g_w2, g_b2]
+        g_hidden = activation_backward(d_hidden, hidden)
+        return loss, [x.t().mm(g_hidden).t(), g_hidden.sum(0), g_w2, g_b2]
 
     return fused_grads
+
+
+def relu_fused_grads(params, x, y):
+    """mlp_sgd's step (ReLU), with fewer passes over the (N, 128) float64 activations.
+
+    With ``m = (hidden > 0)`` (the ReLU's derivative), ``d`` the (N, 1) output gradient and
+    ``w2`` the (1, 128) output weights, the first layer's gradients are
+    ``dW1[j, k] = w2[j] sum_i m[i, j] d[i] x[i, k]`` and ``db1[j] = w2[j] sum_i m[i, j] d[i]``:
+    one (6, N) x (N, 128) product of ``[d x, d]`` with the mask, scaled by ``w2``, instead of
+    materialising ``d w2`` (N x 128), masking it (``threshold_backward``), and reducing it
+    twice.  The ReLU runs in place on ``addmm``'s output.  Same sums in another order: the
+    gradients agree with autograd's to ~1e-15 relative (float64)."""
+    weights1, biases1, weights2, biases2 = params
+    hidden = torch.addmm(biases1, x, weights1.t()).clamp_min_(0)
+    loss, d = mse_with_grad(torch.addmm(biases2, hidden, weights2.t()), y)
+    g_w2 = d.t().mm(hidden)
+    mask = hidden.sign()  # 1 where the ReLU passed its input, else 0 (hidden >= 0)
+    g = torch.cat([x, torch.ones_like(d)], 1).mul_(d).t().mm(mask).mul_(weights2)  # (6, 128)
+    return loss, [g[:-1].t(), g[-1], g_w2, d.sum(0)]
 
 
 def randn_init(model: nn.Module) -> None:
@@ -99,7 +122,7 @@ WORKLOAD = register_workload(
         build_sequential=lambda: one_hidden_layer_sequential(nn.ReLU()),
         raw_forward=one_hidden_layer_raw(torch.relu),
         raw_loss=raw_mse,
-        fused_grads=one_hidden_layer_fused(torch.relu, relu_backward),
+        fused_grads=relu_fused_grads,
         criterion=nn.MSELoss,
         optimizer=OptimizerSpec("sgd", lr=0.01),
         epochs=10_000,

@@ -86,7 +86,10 @@ _aten = torch.ops.aten
 def _conv_forward(x, weight, bias):
     """``conv2d(x, weight, bias)`` (3x3, stride 1, no padding) by ATen's im2col + matmul kernel
     (``_slow_conv2d_forward``): for conv1's single input channel it measured ~2x faster than
-    oneDNN's (mkldnn) kernel at 1 thread, with bitwise the same output."""
+    oneDNN's (mkldnn) kernel at 1 thread, with bitwise the same output.  Elsewhere (CUDA):
+    ``conv2d`` (cuDNN)."""
+    if x.device.type != "cpu":
+        return F.conv2d(x, weight, bias)
     return _aten._slow_conv2d_forward(x, weight, [3, 3], bias, [1, 1], [0, 0])
 
 
@@ -94,8 +97,13 @@ def _conv_backward(grad, x, weight, need_input: bool):
     """The backward of a 3x3 / stride 1 / unpadded ``conv2d``: ``(dx or None, dweight, dbias)``,
     by ATen's im2col kernel (``_slow_conv2d_backward``, which autograd itself calls when oneDNN
     is off): faster than oneDNN's ``convolution_backward`` for these few channels.  The first
-    layer asks for no input gradient (``need_input=False``): the batch needs none."""
-    return _aten._slow_conv2d_backward.output_mask(grad, x, weight, [3, 3], [1, 1], [0, 0], [need_input, True, True])
+    layer asks for no input gradient (``need_input=False``): the batch needs none.  Elsewhere
+    (CUDA): ``convolution_backward``, the kernel autograd calls there."""
+    mask = [need_input, True, True]
+    if x.device.type != "cpu":
+        return _aten.convolution_backward(grad, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                          mask)
+    return _aten._slow_conv2d_backward.output_mask(grad, x, weight, [3, 3], [1, 1], [0, 0], mask)
 
 
 def _pool_backward(grad, x, indices):

@@ -7,12 +7,12 @@ A step is what the runner times: asking the batcher for the next batch, ``traine
 ``placement.sync()``.  Then one more real step under ``FlopCounterMode``
 (:func:`workloads.flops.count_step_flops`, the suite's one source of FLOPs).
 
-What it reports, per step (totals over the profiled steps divided by their number):
+What it reports, per step (medians over the profiled steps, see :func:`aten_table`):
 
 * each ATen operation (``aten::*`` events) with its *self* CPU time (time inside the
   operation, not inside the ATen operations it calls), its calls and its share of the
   profiled step's wall time;
-* ``aten_share``: the sum of those self times over the profiled wall time; the rest,
+* ``aten_share``: the ATen operations' self time over the profiled step's wall time; the rest,
   ``outside_share``, is spent outside ATen kernels: Python, module and optimizer code,
   autograd's engine, the dispatcher above the kernels, and the profiler's own per-operation
   bookkeeping (which is why ``step_s`` unprofiled is reported too);
@@ -21,6 +21,7 @@ What it reports, per step (totals over the profiled steps divided by their numbe
 
 from __future__ import annotations
 
+import bisect
 import os
 import statistics
 import tempfile
@@ -53,9 +54,9 @@ class Profile:
     threads: int
     warmup: int
     steps: int
-    step_s: float  # median wall time of an unprofiled step (the warm-up's second half)
-    profiled_step_s: float  # mean wall time of a step under the profiler
-    aten_s: float  # sum of ATen self times per step
+    step_s: float  # median wall time of an unprofiled warm-up step (all but the first)
+    profiled_step_s: float  # median wall time of a step under the profiler
+    aten_s: float  # median over the steps of the sum of ATen self times
     ops: List[OpTime] = field(default_factory=list)
     flops: int = 0  # FlopCounterMode's total over one real step
     trace: Optional[str] = None
@@ -79,21 +80,39 @@ def _batches(batcher, plan) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         yield from batcher.epoch(index)
 
 
-def aten_table(events, steps: int, wall_s: float) -> Tuple[List[OpTime], float]:
-    """``(ops sorted by self time, total ATen self time)`` per step from profiler events
-    (``prof.events()``: one entry per call; ``self_cpu_time_total`` in microseconds)."""
-    self_us, calls = defaultdict(float), defaultdict(int)
+def aten_table(events, steps: int, wall_s: float) -> Tuple[List[OpTime], float, float]:
+    """``(ops sorted by self time, ATen self time, step time)`` per step from profiler events
+    (``prof.events()``: one entry per call, times in microseconds).
+
+    Each ``aten::*`` call is assigned to the profiled step (the ``STEP_LABEL`` range) it
+    started in; an operation's self time per step, the ATen total and the step's wall time are
+    **medians over the steps**, so a step that another process preempted (this machine is
+    shared) does not inflate whichever operation happened to be running.  An operation absent
+    from most steps (an epoch's gather) has a median of 0 there; its calls per step are a mean.
+    Without step ranges (none recorded) the totals over ``wall_s`` are used, as means."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events if e.name == STEP_LABEL)
+    starts = [start for start, _end in spans]
+    per_step = defaultdict(lambda: [0.0] * max(len(spans), 1))
+    calls = defaultdict(int)
     for event in events:
-        if event.name.startswith("aten::"):
-            self_us[event.name] += event.self_cpu_time_total
-            calls[event.name] += 1
-    per_step_wall = wall_s / steps
-    ops = [
-        OpTime(name, us * 1e-6 / steps, calls[name] / steps, (us * 1e-6 / steps) / per_step_wall if wall_s else 0.0)
-        for name, us in self_us.items()
-    ]
-    ops.sort(key=lambda op: op.self_s, reverse=True)
-    return ops, sum(op.self_s for op in ops)
+        if not event.name.startswith("aten::"):
+            continue
+        index = max(bisect.bisect_right(starts, event.time_range.start) - 1, 0) if spans else 0
+        per_step[event.name][index] += event.self_cpu_time_total * 1e-6
+        calls[event.name] += 1
+    if spans:
+        durations = [(end - start) * 1e-6 for start, end in spans]
+        totals = [sum(times[i] for times in per_step.values()) for i in range(len(spans))]
+        step_s = statistics.median(durations)
+        aten_s = statistics.median(totals)
+        self_s = {name: statistics.median(times) for name, times in per_step.items()}
+    else:
+        step_s = wall_s / steps
+        self_s = {name: times[0] / steps for name, times in per_step.items()}
+        aten_s = sum(self_s.values())
+    ops = [OpTime(name, t, calls[name] / steps, t / step_s if step_s > 0 else 0.0) for name, t in self_s.items()]
+    ops.sort(key=lambda op: (op.self_s, op.calls), reverse=True)
+    return ops, aten_s, step_s
 
 
 def _export_trace(prof, path: str) -> None:
@@ -154,12 +173,12 @@ def profile(workload: str, style: str = "module", *, steps: int = 50, warmup: in
         flops = count_step_flops(trainer, next(batches))
         if trace is not None:
             _export_trace(prof, trace)
-        ops, aten_s = aten_table(prof.events(), steps, wall)
+        ops, aten_s, profiled_step_s = aten_table(prof.events(), steps, wall)
     finally:
         torch.set_num_threads(previous)
-    steady = times[len(times) // 2:] or [wall / steps]
+    steady = times[1:] or times or [profiled_step_s]  # the first step pays one-off costs
     return Profile(
         workload=config.workload.name, style=config.style.name, seed=seed, threads=config.threads,
-        warmup=warmup, steps=steps, step_s=statistics.median(steady), profiled_step_s=wall / steps,
+        warmup=warmup, steps=steps, step_s=statistics.median(steady), profiled_step_s=profiled_step_s,
         aten_s=aten_s, ops=ops, flops=flops, trace=trace,
     )

@@ -72,8 +72,8 @@ def report(result, top: int = DEFAULT_TOP) -> str:
                  f"{100 * result.outside_share:.1f} %"])
     lines = [
         f"{result.workload} / {result.style} on cpu: {result.steps} profiled steps after {result.warmup} warm-up "
-        f"(seed {result.seed}, {result.threads} thread{'s' if result.threads != 1 else ''}); step "
-        f"{seconds(step)} under the profiler, {seconds(result.step_s)} without",
+        f"(seed {result.seed}, {result.threads} thread{'s' if result.threads != 1 else ''}); medians over the "
+        f"steps; step {seconds(step)} under the profiler, {seconds(result.step_s)} without",
         format_table(("ATen op", "self time/step", "calls/step", "share of step"), rows),
         f"outside ATen kernels: {100 * result.outside_share:.1f} % of the step "
         f"(step wall time minus the ATen ops' self time)",

@@ -1,5 +1,8 @@
 """DistributedDataParallel (gloo, CPU) gives the single-process loss trajectory.
 
+Every launch here asks for gloo (``--backend gloo``): on a GPU machine the default is
+nccl, and these tests are about the CPU ranks matching the CPU single-process run.
+
 The equivalence runs go through the real user path, ``torchloops run ... --device
 ddp --nproc N``: one torchrun launch for every workload x style (2 ranks, 60
 steps: every minibatched workload crosses an epoch boundary and a reshuffle, and
@@ -39,7 +42,8 @@ def torchloops(*argv, timeout=TIMEOUT_S):
 
 def ddp_records(tmp_path, *argv):
     out = tmp_path / "ddp.json"
-    proc = torchloops("run", *argv, "--device", "ddp", "--step-losses", "--quiet", "--json", str(out))
+    proc = torchloops("run", *argv, "--device", "ddp", "--backend", "gloo", "--step-losses", "--quiet",
+                      "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     return {(r["workload"], r["style"]): r for r in json.loads(out.read_text())}, proc
@@ -106,7 +110,8 @@ def test_every_failed_rank_is_reported():
 
 def test_a_failed_launch_is_one_line_and_a_nonzero_status(monkeypatch, capsys):
     monkeypatch.setattr(distributed, "launch", lambda *a, **k: (1, "rank 1 exited with status 3"))
-    assert main(["run", "regression", "--style", "raw", "--device", "ddp", "--nproc", "2", "--steps", "3"]) == 1
+    assert main(["run", "regression", "--style", "raw", "--device", "ddp", "--nproc", "2", "--backend", "gloo",
+                 "--steps", "3"]) == 1
     err = capsys.readouterr().err
     assert err == "torchloops: error: ddp run with 2 ranks failed: rank 1 exited with status 3\n"
 
@@ -115,8 +120,10 @@ DDP_USAGE = [
     (["--device", "ddp"], "add --nproc N"),
     (["--nproc", "2"], "does not apply to --device cpu"),
     (["--device", "ddp", "--nproc", "0"], "positive integer"),
-    (["--device", "ddp", "--nproc", "3", "--batch-size", "7"], "fewer than the 3 ranks"),
-    (["--device", "ddp", "--nproc", "801"], "fewer than the 801 ranks"),
+    (["--device", "ddp", "--nproc", "3", "--backend", "gloo", "--batch-size", "7"], "fewer than the 3 ranks"),
+    (["--device", "ddp", "--nproc", "801", "--backend", "gloo"], "fewer than the 801 ranks"),
+    (["--backend", "gloo"], "does not apply to --device cpu"),
+    (["--device", "ddp", "--nproc", "2", "--backend", "mpi"], "invalid choice"),
 ]
 
 

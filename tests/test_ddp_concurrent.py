@@ -1,5 +1,6 @@
 """DDP launches as processes: two started at the same moment do not collide on rendezvous
-ports (issue 7, item 6), and a signal to the launcher stops every rank.
+ports (issue 7, item 6), and a signal to the launcher stops every rank.  Both ask for gloo
+(CPU ranks), so that they run the same on a machine with GPUs (where the default is nccl).
 
 Each ``torchloops run --device ddp --nproc 2`` starts its own torchrun with an
 OS-chosen port; a fixed port would make one of the two fail to bind.
@@ -21,7 +22,7 @@ def test_two_ddp_runs_at_once_both_finish(tmp_path):
     procs = []
     for name in ("a", "b"):
         cmd = [sys.executable, "-m", "workloads", "run", "regression", "--style", "module",
-               "--device", "ddp", "--nproc", "2", "--steps", "20", "--json", str(tmp_path / f"{name}.json")]
+               "--device", "ddp", "--nproc", "2", "--backend", "gloo", "--steps", "20", "--json", str(tmp_path / f"{name}.json")]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path))
     outcomes = [p.communicate(timeout=240) + (p.returncode,) for p in procs]
     for out, err, code in outcomes:
@@ -56,7 +57,7 @@ def test_a_signal_to_the_launcher_stops_every_rank(tmp_path, sig, status):
     rank asked Linux for SIGTERM on its parent's death (``distributed.stop_with_launcher``)."""
     out = tmp_path / "ddp.json"
     cmd = [sys.executable, "-m", "workloads", "run", "lenet", "--style", "module", "--device", "ddp",
-           "--nproc", "2", "--quiet", "--json", str(out)]
+           "--nproc", "2", "--backend", "gloo", "--quiet", "--json", str(out)]
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 120

@@ -387,3 +387,14 @@ def test_gpu_check_exit_codes_are_distinct_and_documented():
     assert len(set(codes)) == 5
     for code in codes:
         assert f"\n  {code}  " in script.__doc__
+
+
+def test_gpu_check_dry_run_launches_ddp_with_the_backend_it_names(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = gpu_check("--dry-run", "--placements", "cuda", "--workloads", "regression", "--styles", "module",
+                     "--no-graph-comparison", "--ddp-nproc", "2", "--json", str(out))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # 4 steps: the target is missed
+    single, ddp = json.loads(out.read_text())["records"]
+    assert (single["device"], single["world_size"]) == ("cpu", 1)
+    assert (ddp["device"], ddp["world_size"], ddp["backend"], ddp["steps"]) == ("ddp", 2, "gloo", 4)
+    assert "ddp 2xgloo  regression  module  4 " in proc.stdout

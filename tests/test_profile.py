@@ -47,6 +47,15 @@ def test_trace_is_chrome_trace_json(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name != "trace.json"]  # no temporary file left
 
 
+def test_gz_trace_is_gzipped_chrome_trace(tmp_path):
+    import gzip
+
+    path = tmp_path / "trace.json.gz"
+    assert main(["profile", "regression", "--steps", "2", "--warmup", "1", "--trace", str(path)]) == 0
+    with gzip.open(path, "rt") as handle:
+        assert json.load(handle)["traceEvents"]
+
+
 def test_flops_are_flop_counter_mode_for_regression():
     """Linear(5, 1), batches of 20, module style: forward ``addmm`` 2*20*5*1 = 200; autograd's
     backward computes the weight gradient (``mm`` 2*1*20*5 = 200) but no input gradient

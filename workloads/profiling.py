@@ -118,7 +118,9 @@ def aten_table(events, steps: int, wall_s: float) -> Tuple[List[OpTime], float, 
 def _export_trace(prof, path: str) -> None:
     """``prof.export_chrome_trace`` to a temporary file beside ``path``, renamed onto it."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=".trace.tmp", dir=folder)
+    # torch gzips a trace whose file name ends in .gz: keep that ending on the temporary file
+    suffix = ".trace.tmp" + (".gz" if path.endswith(".gz") else "")
+    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=suffix, dir=folder)
     os.close(fd)
     try:
         prof.export_chrome_trace(tmp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 import workloads as W
@@ -18,3 +20,13 @@ def short_run(workload: str, style: str, steps: int, seed: int = 0, **kwargs):
 @pytest.fixture(params=WORKLOADS)
 def workload(request):
     return request.param
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that a test interrupts: SIGINT back to its default disposition.
+
+    A shell starts a background job (``bash .ci/run &``) with SIGINT ignored, every child
+    inherits that, and Python then installs no KeyboardInterrupt handler: the child would
+    never see the signal.  The test sets its child's disposition itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -68,15 +68,19 @@ def test_lenet_peers_see_the_original_digit_pixels():
 def test_flops_per_step_from_layer_shapes():
     def per_step(name):
         wl = W.get_workload(name)
-        split = wl.make_data(0)
-        return flops.step_flops(wl, split.X_train, wl.batch_size)
+        return flops.step_flops(wl, 0, wl.batch_size)
 
-    # 3 x forward; Linear: 2*in*out per row; Conv2d: 2*Cin*k*k*Cout*Hout*Wout per row
-    assert per_step("classification") == 3 * 2 * (10 * 10 + 10 * 3) * 800
-    assert per_step("regression") == 3 * 2 * 5 * 20
-    lenet_row = 2 * 9 * 6 * 30 * 30 + 2 * 6 * 9 * 16 * 13 * 13 + 2 * (576 * 120 + 120 * 84 + 84 * 10)
-    assert per_step("lenet") == pytest.approx(3 * lenet_row * 1437 / 45)  # 45 batches over 1437 rows
-    assert per_step("mlp_adam") == pytest.approx(3 * 2 * (5 * 128 + 128) * 800 / 7)
+    # FlopCounterMode over a real step: forward 2*in*out per row and layer; backward the weight
+    # gradient of every layer (same cost) and the input gradient of every layer but the first
+    # (autograd computes none for the data).  Conv2d: 2*Cin*k*k*Cout*Hout*Wout per row.
+    def cost(layers):
+        return sum(layers) + sum(layers) + sum(layers[1:])
+
+    assert per_step("classification") == cost([2 * 10 * 10, 2 * 10 * 3]) * 800
+    assert per_step("regression") == cost([2 * 5 * 1]) * 20
+    lenet = [2 * 9 * 6 * 30 * 30, 2 * 6 * 9 * 16 * 13 * 13, 2 * 576 * 120, 2 * 120 * 84, 2 * 84 * 10]
+    assert per_step("lenet") == pytest.approx(cost(lenet) * 1437 / 45)  # 45 batches over 1437 rows
+    assert per_step("mlp_adam") == pytest.approx(cost([2 * 5 * 128, 2 * 128 * 1]) * 800 / 7)
 
 
 def test_matmul_throughput_is_measured():

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from conftest import default_sigint
+
 
 def test_two_ddp_runs_at_once_both_finish(tmp_path):
     procs = []
@@ -58,7 +60,8 @@ def test_a_signal_to_the_launcher_stops_every_rank(tmp_path, sig, status):
     out = tmp_path / "ddp.json"
     cmd = [sys.executable, "-m", "workloads", "run", "lenet", "--style", "module", "--device", "ddp",
            "--nproc", "2", "--backend", "gloo", "--quiet", "--json", str(out)]
-    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120
         while len(_processes_holding(str(out)) - {launcher.pid}) < 2:  # the ranks carry --json PATH too

@@ -29,8 +29,8 @@ class _Planned(Exception):
     """The stub of training: the input was accepted and a run would start."""
 
 
-def _stub_run(config, **kwargs):
-    assert isinstance(config, W.RunConfig)
+def _stub_run(configs, **kwargs):
+    assert configs and all(isinstance(config, W.RunConfig) for config in configs)
     raise _Planned()
 
 
@@ -53,7 +53,7 @@ def _outcome(argv):
     """('planned' | 'ok' | 'help' | 'usage', stderr) for ``torchloops argv`` with training stubbed out."""
     err, out = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        mp.setattr(cli, "run", _stub_run)
+        mp.setattr(cli, "run_interleaved", _stub_run)
         mp.setattr(cli, "_launch_ranks", _stub_launch)
         try:
             status = cli.main(argv)

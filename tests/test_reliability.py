@@ -26,7 +26,7 @@ from workloads import checkpoint as C
 from workloads import console
 from workloads.cli import main
 
-from conftest import STYLES
+from conftest import STYLES, default_sigint
 
 REPO = Path(__file__).resolve().parent.parent
 PREVIOUS = [{"previous": "run", "kept": True}]
@@ -128,7 +128,7 @@ def _start_long_run(folder: Path, *extra):
             "sys.exit(c.main(sys.argv[1:]))")
     argv = ["run", "classification", "--style", "raw", "--quiet", "--json", str(folder / "r.json"), *extra]
     proc = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=folder, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert proc.stdout.readline().strip() == "ready"
     return proc
 

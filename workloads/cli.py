@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 
 from .console import check_json_path, comparison_cell, format_table, seconds_interval, positive_float, positive_int, progress_bar, seconds, write_json_atomic
 from .console import seed as seed_type
-from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, commands, compare, configure, distributed, run
+from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, commands, compare, configure, distributed
 from .graphs import CaptureUnsafe
 from .interleave import run_interleaved
 
@@ -379,6 +379,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CaptureUnsafe as error:  # cuda_graph: a step that cannot be captured and replayed
         print(f"{_who()}: error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except RuntimeError as error:
+        if not _nondeterministic(error):
+            raise
+        print(f"{_who()}: error: --deterministic: {_one_line(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (SIGINT); files written before are unchanged", file=sys.stderr)
         return 130
@@ -387,6 +392,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 143
     finally:
         restore()
+
+
+def _nondeterministic(error: RuntimeError) -> bool:
+    """torch's refusal of an operation without a deterministic implementation (--deterministic)."""
+    text = str(error)
+    return "does not have a deterministic implementation" in text or "Deterministic behavior was enabled" in text
 
 
 def _one_line(error: BaseException) -> str:

@@ -175,6 +175,8 @@ def configure(
         _positive_int("steps", steps)
     if eval_every is not None:
         _positive_int("eval-every", eval_every)
+    if deterministic:
+        _cublas_workspace()
     launching = nproc is not None
     if launching:
         _positive_int("nproc", nproc)
@@ -220,6 +222,24 @@ def configure(
         split=split,
         deterministic=bool(deterministic),
     )
+
+
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")  # the values cuBLAS's reproducibility check accepts
+
+
+def _cublas_workspace() -> None:
+    """``--deterministic`` needs cuBLAS's fixed workspace, which CUDA reads once, when its runtime
+    initialises: set it in ``configure`` (before any build touches CUDA; ddp ranks inherit it),
+    refuse a value cuBLAS would reject, and refuse when it is already too late."""
+    value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if value is not None and value not in CUBLAS_DETERMINISTIC:
+        raise UsageError(f"--deterministic: CUBLAS_WORKSPACE_CONFIG={value!r} is not deterministic; "
+                         f"valid: {' or '.join(CUBLAS_DETERMINISTIC)} (or unset)")
+    if value is None:
+        if torch.cuda.is_initialized():
+            raise UsageError("--deterministic: CUDA is already initialised in this process without "
+                             "CUBLAS_WORKSPACE_CONFIG; set CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting")
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]
 
 
 def _check_shardable(wl: Workload, n_train: int, batch_size: Optional[int], world: int, launching: bool) -> None:
@@ -305,7 +325,6 @@ def _set_deterministic(on: bool) -> Callable[[], None]:
         torch.backends.cudnn.deterministic,
         torch.backends.cudnn.benchmark,
     )
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
@@ -419,7 +438,8 @@ class Session:
         if not self.diverged and self.steps_to_target is None and wl.metric.reached(last["metric_value"], wl.target):
             self.steps_to_target, self.time_to_target = self.step, self.elapsed
         # ddp: every rank evaluates its identical replica; all of them stop together
-        return placement.agree(self.diverged or (config.until_target and self.steps_to_target is not None))
+        stop = placement.agree(self.diverged or (config.until_target and self.steps_to_target is not None))
+        return stop or self.step >= config.total_steps
 
     def result(self, comparison: Optional[dict] = None) -> RunResult:
         return _record(self, comparison)

@@ -93,12 +93,18 @@ def test_asv_record_compare_publish(tmp_path):
     config = _asv_config(tmp_path)
     env = _env(HOME=str(tmp_path))
     machine, _ = _machine(tmp_path)
-    # 1. record the current commit in the current environment (needs --set-commit-hash)
-    done = _run([asv, "run", "--config", str(config), "--python=same", "--quick", *machine,
+    # 1. record the current commit in the current environment (needs --set-commit-hash), with
+    #    its samples (--record-samples: what asv compare's Mann-Whitney test needs)
+    done = _run([asv, "run", "--config", str(config), "--python=same", "--quick", "--record-samples", *machine,
                  "--set-commit-hash", head, "--bench", SMALL_BENCH], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     saved = [p for p in (tmp_path / "results" / "ci").glob("*.json") if p.name != "machine.json"]
     assert saved and any(head[:8] in p.name for p in saved), done.stdout
+    result = json.loads(saved[0].read_text())
+    columns = result["result_columns"]
+    (entry,) = [v for k, v in result["results"].items() if "time_torch_add" in k]
+    samples = entry[columns.index("samples")]
+    assert samples and any(s for s in samples if s), entry  # recorded, per parameter combination
     # 2. compare: exits 0 whatever it finds (here: the commit against itself)
     done = _run([asv, "compare", "--config", str(config), *machine, head, head], env=env)
     assert done.returncode == 0, done.stdout + done.stderr

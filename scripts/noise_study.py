@@ -1,0 +1,238 @@
+"""The noise study: how far the suite's timing verdicts can be trusted on this machine.
+
+    python scripts/noise_study.py [--parts aa,planted,separate,counts] [--runs 20] [--json PATH]
+
+Parts (each prints its table; --json writes every figure):
+
+* ``aa``: A/A in one run.  ``module`` and ``sequential`` compute the same arithmetic; each run
+  times them interleaved (``torchloops run W --style module,sequential``'s machinery, 600
+  steps) and the paired ratio's verdict should be "≈ same".  Reported per workload: the share
+  of "≈ same" verdicts and the spread of the point ratios.
+* ``planted``: a slowdown planted through a test-only style (``scripts/planted.py``: ``module``
+  plus a fixed number of iterations of a Python loop per step, calibrated in this process to 3 % and 10 %
+  of the module step by interleaved runs); each run interleaves ``module`` and ``planted``; detected = verdict
+  "slower".  Reported: detection rate and the realised ratio.
+* ``separate``: A/A across separate runs.  Pairs of separate processes of ``torchloops run W
+  --style module --json``, each pair through ``torchloops diff``: a false alarm is exit 1.
+* ``counts``: instruction counts (``torchloops count``, callgrind).  Several count processes
+  of every workload's ``module`` step give the run-to-run spread and A/A ``diff`` pairs (a
+  false alarm is exit 1 at ``--max-slowdown 2``); a planted 3 % (calibrated by counting the
+  planted op) must be flagged by ``diff --max-slowdown 2`` for every workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+import torch  # noqa: E402
+
+import planted  # noqa: E402  (registers the test-only style)
+import workloads as W  # noqa: E402
+from workloads import cli  # noqa: E402
+from workloads.interleave import run_interleaved  # noqa: E402
+
+WORKLOADS = W.workload_names()
+PARTS = ("aa", "planted", "separate", "counts")
+
+
+def _interleaved(workload, styles, steps, seed=0):
+    configs = [W.configure(workload, s, "cpu", seed, steps=steps) for s in styles]
+    return run_interleaved(configs, reference=0)
+
+
+def _summary(comparisons, band=0.05):
+    ratios = [c["ratio"] for c in comparisons]
+    return {"runs": len(comparisons), "verdicts": {v: sum(c["verdict"] == v for c in comparisons)
+                                                   for v in ("same", "faster", "slower")},
+            "ratio_min": min(ratios), "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
+            "within_5pct": sum(abs(r - 1) <= band for r in ratios),
+            "interval_width_median": statistics.median(c["interval"][1] - c["interval"][0] for c in comparisons)}
+
+
+def part_aa(runs, steps, workloads):
+    out = {}
+    for name in workloads:
+        comparisons = [_interleaved(name, ("module", "sequential"), steps)[1].comparison for _ in range(runs)]
+        out[name] = _summary(comparisons)
+        s = out[name]
+        print(f"aa {name}: {s['verdicts']['same']}/{runs} same; ratios {s['ratio_min']:.3f}-{s['ratio_max']:.3f}; "
+              f"{s['within_5pct']}/{runs} within +-5 %", flush=True)
+    return out
+
+
+def _op_seconds(n=200000):
+    trainer = planted.PlantedTrainer(None, n)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        acc = trainer.acc
+        for _ in range(n):
+            acc = acc * 1.0000001 + 1e-9
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
+
+
+def _calibrate(name, share, steps):
+    """Planted ops that slow ``name``'s module step by ``share``: a first guess from the op's
+    time in a tight loop, then two corrections from interleaved runs (the op costs more
+    inside a step than in a loop of its own)."""
+    step = _interleaved(name, ("module",), 200)[0].step_time_median_s
+    ops = max(1, round(share * step / _op_seconds()))
+    for _ in range(2):
+        planted.set_planted_ops(ops)
+        ratio = _interleaved(name, ("module", planted.NAME), steps)[1].comparison["ratio"]
+        if ratio > 1:
+            ops = max(1, round(ops * share / (ratio - 1)))
+    return ops, step
+
+
+def part_planted(runs, steps, workloads, shares=(0.03, 0.10)):
+    out = {}
+    for name in workloads:
+        for share in shares:
+            ops, step = _calibrate(name, share, steps)
+            planted.set_planted_ops(ops)
+            comparisons = [_interleaved(name, ("module", planted.NAME), steps)[1].comparison for _ in range(runs)]
+            s = _summary(comparisons)
+            s.update(share=share, ops=ops, module_step_s=step, detected=s["verdicts"]["slower"])
+            out[f"{name} +{share:.0%}"] = s
+            print(f"planted {name} +{share:.0%} ({ops} ops): detected {s['detected']}/{runs}; realised ratio "
+                  f"median {s['ratio_median']:.3f} ({s['ratio_min']:.3f}-{s['ratio_max']:.3f})", flush=True)
+    planted.set_planted_ops(0)
+    return out
+
+
+def _diff(base, new, *extra):
+    err, text = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.redirect_stderr(err):
+        status = cli.main(["diff", str(base), str(new), *extra])
+    return status, text.getvalue()
+
+
+def part_separate(runs, steps, workloads, folder):
+    out = {}
+    for name in workloads:
+        files = []
+        for i in range(2 * runs):
+            path = Path(folder) / f"{name}-{i}.json"
+            subprocess.run([sys.executable, "-m", "workloads", "run", name, "--style", "module", "--steps",
+                            str(steps), "--quiet", "--json", str(path)], check=True, stdout=subprocess.DEVNULL)
+            files.append(path)
+        statuses, ratios = [], []
+        for a, b in zip(files[::2], files[1::2]):
+            status, _ = _diff(a, b)
+            statuses.append(status)
+            ra, rb = (json.loads(p.read_text())[0]["step_time_median_s"] for p in (a, b))
+            ratios.append(rb / ra)
+        out[name] = {"pairs": runs, "false_alarms": statuses.count(1), "exit_statuses": statuses,
+                     "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        print(f"separate {name}: {statuses.count(1)}/{runs} false alarms (diff exit 1); step-median ratios "
+              f"{min(ratios):.3f}-{max(ratios):.3f}", flush=True)
+    return out
+
+
+def _count(requests, folder, label, steps=None):
+    from workloads import counting
+
+    records = counting.count(requests, steps=steps, extra_imports=("planted",))
+    path = Path(folder) / f"{label}.json"
+    path.write_text(json.dumps(records))
+    return records, path
+
+
+def part_counts(processes, workloads, folder):
+    from workloads import counting
+
+    problem = counting.valgrind_problem()
+    if problem:
+        print(f"counts: skipped: {problem}")
+        return {"skipped": problem}
+    requests = [(name, "module") for name in workloads]
+    started = time.perf_counter()
+    runs = [_count(requests, folder, f"aa-{i}") for i in range(processes)]
+    per_config = {}
+    for name in workloads:
+        values = [next(r["instructions_per_step"] for r in records if r["workload"] == name) for records, _ in runs]
+        per_config[name] = {"counts": values, "spread": max(values) / min(values) - 1}
+    pair_statuses = [_diff(a[1], b[1], "--max-slowdown", "2")[0] for a, b in zip(runs, runs[1:])]
+    # Planted 3 %: the op's instructions from one calibration process, then the planted count.
+    planted.set_planted_ops(1000)
+    calibration, _ = _count([(name, planted.NAME) for name in workloads], folder, "calibration")
+    ops = {}
+    for name in workloads:
+        base = per_config[name]["counts"][0]
+        extra = next(r["instructions_per_step"] for r in calibration if r["workload"] == name) - base
+        ops[name] = max(1, round(0.03 * base / (extra / 1000)))
+    planted.set_planted_ops(ops)
+    records, _ = _count([(name, planted.NAME) for name in workloads], folder, "planted")
+    for record in records:
+        record["style"] = "module"  # compared with the module counts under the same key
+    planted_path = Path(folder) / "planted-as-module.json"
+    planted_path.write_text(json.dumps(records))
+    planted.set_planted_ops(0)
+    status, text = _diff(runs[0][1], planted_path, "--max-slowdown", "2")
+    realised = {r["workload"]: r["instructions_per_step"] / per_config[r["workload"]]["counts"][0] - 1 for r in records}
+    out = {"processes": processes, "per_config": per_config, "aa_pair_exit_statuses": pair_statuses,
+           "aa_false_alarms": pair_statuses.count(1) * len(workloads), "planted_ops": ops,
+           "planted_realised": realised, "planted_diff_exit": status, "planted_diff_output": text,
+           "wall_s": time.perf_counter() - started}
+    worst = max(v["spread"] for v in per_config.values())
+    print(f"counts: {processes} processes; worst spread {100 * worst:.3f} %; A/A diff pairs exit {pair_statuses}; "
+          f"planted 3 % realised {', '.join(f'{k} +{100 * v:.2f} %' for k, v in realised.items())}: diff exit {status}",
+          flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--separate-workloads", default="regression,mlp_adam")
+    parser.add_argument("--count-processes", type=int, default=4)
+    parser.add_argument("--json", default="results/noise_study.json")
+    args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or args.runs < 1 or args.steps < 1:
+        print(f"noise_study: error: --parts from {', '.join(PARTS)}; --runs and --steps positive", file=sys.stderr)
+        return 2
+    workloads = args.workloads.split(",")
+    torch.set_num_threads(1)
+    document = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+                "torch": torch.__version__, "runs": args.runs, "steps": args.steps,
+                "command": " ".join(["python", "scripts/noise_study.py", *(argv or sys.argv[1:])]),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with tempfile.TemporaryDirectory(prefix="noise-study-") as folder:
+        if "aa" in parts:
+            document["aa"] = part_aa(args.runs, args.steps, workloads)
+        if "planted" in parts:
+            document["planted"] = part_planted(args.runs, args.steps, workloads)
+        if "separate" in parts:
+            document["separate"] = part_separate(args.runs, args.steps, args.separate_workloads.split(","), folder)
+        if "counts" in parts:
+            document["counts"] = part_counts(args.count_processes, workloads, folder)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    Path(args.json).write_text(json.dumps(document, indent=1))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,10 @@ from conftest import STYLES, WORKLOADS, short_run
 
 STEPS = 60
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+# --weight-decay: large enough that over STEPS steps its effect on the losses is far beyond the
+# tolerance (so a style that ignored it would fail), small enough to train as usual.  The notes'
+# own value (Adam's weight_decay=0.0001) is checked against torch.optim.Adam in test_weight_decay.py.
+WEIGHT_DECAY = 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +58,25 @@ def test_every_style_starts_from_the_same_parameters(workload):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert all(p.dtype == W.get_workload(workload).dtype for p in a.values())
+
+
+@pytest.fixture(scope="module")
+def decayed():
+    return {(w, s): short_run(w, s, STEPS, weight_decay=WEIGHT_DECAY) for w in WORKLOADS for s in STYLES}
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_weight_decay_matches_module_in_every_style(trajectories, decayed, workload, style):
+    """torch.optim's L2 penalty (``grad + weight_decay * param`` before momentum / Adam's moments)
+    in every style: the same trajectory as ``module`` with ``torch.optim``'s ``weight_decay``."""
+    rtol = RTOL[W.get_workload(workload).dtype]
+    reference = np.array(decayed[(workload, "module")].step_losses)
+    got = decayed[(workload, style)]
+    assert got.weight_decay == WEIGHT_DECAY and f"weight_decay={WEIGHT_DECAY:g}" in got.optimizer
+    np.testing.assert_allclose(np.array(got.step_losses), reference, rtol=rtol, atol=0)
+    assert got.test_loss == pytest.approx(decayed[(workload, "module")].test_loss, rel=rtol)
+    # the penalty is visible: without it the trajectory leaves the tolerance by far
+    plain = np.array(trajectories[(workload, style)].step_losses)
+    assert np.max(np.abs(plain / reference - 1)) > 20 * rtol
+    assert trajectories[(workload, style)].weight_decay == 0.0

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=positive_int)
     r.add_argument("--steps", type=positive_int, help="cap on the total number of optimizer steps")
     r.add_argument("--lr", type=positive_float)
+    r.add_argument("--weight-decay", type=float, metavar="X",
+                   help="the optimizer's L2 penalty, torch.optim's weight_decay (finite, >= 0; default 0)")
     r.add_argument("--batch-size", type=positive_int)
     r.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")
     r.add_argument("--until-target", action="store_true", help="stop each run at its quality target")
@@ -165,7 +167,7 @@ def _rank_argv(args, json_path: str) -> List[str]:
     if args.backend is not None:
         argv += ["--backend", args.backend]
     for flag, value in (("--epochs", args.epochs), ("--steps", args.steps), ("--lr", args.lr),
-                        ("--batch-size", args.batch_size)):
+                        ("--batch-size", args.batch_size), ("--weight-decay", args.weight_decay)):
         if value is not None:
             argv += [flag, repr(value) if isinstance(value, float) else str(value)]
     for flag, on in (("--until-target", args.until_target), ("--quiet", args.quiet),
@@ -230,7 +232,7 @@ def cmd_run(args) -> int:
     styles = STYLES.names() if args.style == "all" else [args.style]
     overrides = dict(epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                      threads=args.threads, until_target=args.until_target, nproc=args.nproc,
-                     deterministic=args.deterministic)
+                     deterministic=args.deterministic, weight_decay=args.weight_decay)
     # Check every combination before training anything: bad input never costs a run.
     planned = []
     for name in names:

@@ -111,14 +111,17 @@ class PreIndexedBatcher:
 
 
 class FusedSGD:
-    """``torch.optim.SGD``: ``p -= lr * g``; with momentum ``b = g`` on the first step,
-    then ``b = momentum * b + g``, and ``p -= lr * b``."""
+    """``torch.optim.SGD``: with weight decay ``g += weight_decay * p`` first; ``p -= lr * g``;
+    with momentum ``b = g`` on the first step, then ``b = momentum * b + g``, and ``p -= lr * b``."""
 
     def __init__(self, params: List[torch.Tensor], spec: OptimizerSpec, capturable: bool = False):
         self.params, self.lr, self.momentum = params, spec.lr, spec.momentum
+        self.weight_decay = spec.weight_decay
         self.buffers = None
 
     def __call__(self, grads: List[torch.Tensor]) -> None:
+        if self.weight_decay:  # the gradients are this step's own buffers: decayed in place
+            torch._foreach_add_(grads, self.params, alpha=self.weight_decay)
         if self.momentum:
             if self.buffers is None:
                 self.buffers = [g.clone() for g in grads]
@@ -134,7 +137,8 @@ class FusedSGD:
 
 class FusedAdam:
     """``torch.optim.Adam`` with its defaults (betas (0.9, 0.999), eps 1e-8), the
-    single-tensor implementation's order: ``m.lerp_(g, 1-b1)``, ``v = b2 v + (1-b2) g g``,
+    single-tensor implementation's order: with weight decay ``g += weight_decay * p`` first
+    (the L2 penalty, before the moments), ``m.lerp_(g, 1-b1)``, ``v = b2 v + (1-b2) g g``,
     ``denom = sqrt(v) / sqrt(1-b2^t) + eps``, ``p -= lr / (1-b1^t) * m / denom``.
 
     ``capturable=True`` (CUDA graphs): the step count is a 0-dim tensor on the device and
@@ -144,6 +148,7 @@ class FusedAdam:
     def __init__(self, params: List[torch.Tensor], spec: OptimizerSpec, betas=(0.9, 0.999), eps: float = 1e-8,
                  capturable: bool = False):
         self.params, self.lr, self.eps = params, spec.lr, eps
+        self.weight_decay = spec.weight_decay
         self.beta1, self.beta2 = betas
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
@@ -152,6 +157,8 @@ class FusedAdam:
 
     def __call__(self, grads: List[torch.Tensor]) -> None:
         b1, b2 = self.beta1, self.beta2
+        if self.weight_decay:
+            torch._foreach_add_(grads, self.params, alpha=self.weight_decay)
         torch._foreach_lerp_(self.m, grads, 1 - b1)
         torch._foreach_mul_(self.v, b2)
         torch._foreach_addcmul_(self.v, grads, grads, 1 - b2)

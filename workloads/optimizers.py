@@ -27,16 +27,20 @@ import torch
 
 
 class RawSGD:
-    """``p -= lr * g``; with momentum ``b = momentum * b + g`` (first step ``b = g``), ``p -= lr * b``."""
+    """``p -= lr * g``; with momentum ``b = momentum * b + g`` (first step ``b = g``), ``p -= lr * b``;
+    with weight decay, ``g = g + weight_decay * p`` first (torch.optim's L2 penalty, its order)."""
 
-    def __init__(self, params: List[torch.Tensor], lr: float, momentum: float = 0.0, capturable: bool = False):
-        self.params, self.lr, self.momentum = params, lr, momentum
+    def __init__(self, params: List[torch.Tensor], lr: float, momentum: float = 0.0, capturable: bool = False,
+                 weight_decay: float = 0.0):
+        self.params, self.lr, self.momentum, self.weight_decay = params, lr, momentum, weight_decay
         self.buffers = [None] * len(params)
 
     @torch.no_grad()
     def __call__(self) -> None:
         for i, p in enumerate(self.params):
             g = p.grad
+            if self.weight_decay:
+                g = g.add(p, alpha=self.weight_decay)
             if self.momentum:
                 if self.buffers[i] is None:
                     self.buffers[i] = g.clone()
@@ -48,12 +52,15 @@ class RawSGD:
 
 
 class RawAdam:
-    """Adam (Kingma & Ba) with torch's defaults: betas (0.9, 0.999), eps 1e-8, bias correction."""
+    """Adam (Kingma & Ba) with torch's defaults: betas (0.9, 0.999), eps 1e-8, bias correction;
+    with weight decay, ``g = g + weight_decay * p`` before the moments (torch.optim.Adam's L2
+    penalty, not AdamW's decoupled decay)."""
 
     def __init__(
-        self, params: List[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8, capturable: bool = False
+        self, params: List[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8, capturable: bool = False,
+        weight_decay: float = 0.0,
     ):
-        self.params, self.lr, self.eps = params, lr, eps
+        self.params, self.lr, self.eps, self.weight_decay = params, lr, eps, weight_decay
         self.beta1, self.beta2 = betas
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
@@ -72,6 +79,8 @@ class RawAdam:
             correction2_sqrt = math.sqrt(1 - self.beta2**self.t)
         for p, m, v in zip(self.params, self.m, self.v):
             g = p.grad
+            if self.weight_decay:
+                g = g.add(p, alpha=self.weight_decay)
             m.mul_(self.beta1).add_((1 - self.beta1) * g)
             v.mul_(self.beta2).add_((1 - self.beta2) * g * g)
             denom = v.sqrt() / correction2_sqrt + self.eps
@@ -89,8 +98,10 @@ def step_counter(device: torch.device) -> torch.Tensor:
 # (parameters, OptimizerSpec, capturable) -> optimizer; the tables must hold the same kinds.
 # torch.optim.SGD has no ``capturable`` flag: nothing in its step depends on the step count.
 TORCH_OPTIMIZERS = {
-    "sgd": lambda params, spec, capturable=False: torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum),
-    "adam": lambda params, spec, capturable=False: torch.optim.Adam(params, lr=spec.lr, capturable=capturable),
+    "sgd": lambda params, spec, capturable=False: torch.optim.SGD(
+        params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay),
+    "adam": lambda params, spec, capturable=False: torch.optim.Adam(
+        params, lr=spec.lr, weight_decay=spec.weight_decay, capturable=capturable),
 }
 
 
@@ -110,10 +121,14 @@ def _tuned(cls, params, **kwargs):
 
 # The ``tuned`` style's table: torch.optim with its fastest implementation on the device.
 TUNED_OPTIMIZERS = {
-    "sgd": lambda params, spec, capturable=False: _tuned(torch.optim.SGD, params, lr=spec.lr, momentum=spec.momentum),
-    "adam": lambda params, spec, capturable=False: _tuned(torch.optim.Adam, params, lr=spec.lr, capturable=capturable),
+    "sgd": lambda params, spec, capturable=False: _tuned(
+        torch.optim.SGD, params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay),
+    "adam": lambda params, spec, capturable=False: _tuned(
+        torch.optim.Adam, params, lr=spec.lr, weight_decay=spec.weight_decay, capturable=capturable),
 }
 RAW_OPTIMIZERS = {
-    "sgd": lambda params, spec, capturable=False: RawSGD(params, lr=spec.lr, momentum=spec.momentum),
-    "adam": lambda params, spec, capturable=False: RawAdam(params, lr=spec.lr, capturable=capturable),
+    "sgd": lambda params, spec, capturable=False: RawSGD(
+        params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay),
+    "adam": lambda params, spec, capturable=False: RawAdam(
+        params, lr=spec.lr, capturable=capturable, weight_decay=spec.weight_decay),
 }

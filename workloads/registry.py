@@ -28,9 +28,13 @@ class OptimizerSpec:
     kind: str  # "sgd" or "adam"
     lr: float
     momentum: float = 0.0
+    # torch.optim's L2 penalty: ``grad = grad.add(param, alpha=weight_decay)`` before momentum or
+    # Adam's moments (the notes: ``optim.Adam(net.parameters(), weight_decay=0.0001)``); 0: none
+    weight_decay: float = 0.0
 
     def describe(self) -> str:
         extra = f", momentum={self.momentum:g}" if self.momentum else ""
+        extra += f", weight_decay={self.weight_decay:g}" if self.weight_decay else ""
         return f"{self.kind.upper() if self.kind == 'sgd' else 'Adam'}(lr={self.lr:g}{extra})"
 
 

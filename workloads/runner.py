@@ -57,10 +57,11 @@ class RunConfig:
     eval_every: int
     split: Split = field(repr=False)
     deterministic: bool = False
+    weight_decay: float = 0.0  # the optimizer's L2 penalty (--weight-decay; default the workload's, 0)
 
     @property
     def optimizer(self):
-        return dataclasses.replace(self.workload.optimizer, lr=self.lr)
+        return dataclasses.replace(self.workload.optimizer, lr=self.lr, weight_decay=self.weight_decay)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class RunResult:
     # {"reference", "ratio", "interval", "verdict", "rounds"}; None for a run timed alone.
     comparison: Optional[dict] = None
     instructions_per_step: Optional[float] = None  # torchloops count (callgrind); None when not counted
+    weight_decay: float = 0.0  # the optimizer's L2 penalty (torch.optim's weight_decay)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -130,6 +132,16 @@ def _positive_float(name: str, value) -> float:
         number = math.inf
     if not math.isfinite(number) or number <= 0:
         raise UsageError(f"--{name} must be a positive finite number, got {_short(value)}")
+    return number
+
+
+def _non_negative_float(name: str, value) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
+    except OverflowError:  # an int beyond float range
+        number = math.inf
+    if not math.isfinite(number) or number < 0:
+        raise UsageError(f"--{name} must be a finite number >= 0, got {_short(value)}")
     return number
 
 
@@ -153,6 +165,7 @@ def configure(
     eval_every: Optional[int] = None,
     nproc: Optional[int] = None,
     deterministic: bool = False,
+    weight_decay: Optional[float] = None,
 ) -> RunConfig:
     """Check every input and resolve the documented defaults.
 
@@ -168,6 +181,7 @@ def configure(
         raise UsageError(f"--seed must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
     epochs = wl.epochs if epochs is None else _positive_int("epochs", epochs)
     lr = wl.optimizer.lr if lr is None else _positive_float("lr", lr)
+    weight_decay = wl.optimizer.weight_decay if weight_decay is None else _non_negative_float("weight-decay", weight_decay)
     threads = _positive_int("threads", threads)
     if threads > MAX_THREADS:
         raise UsageError(f"--threads {_short(threads)} is more than {MAX_THREADS}; valid: 1 to {MAX_THREADS}")
@@ -221,6 +235,7 @@ def configure(
         eval_every=eval_every or wl.eval_every or per_epoch,
         split=split,
         deterministic=bool(deterministic),
+        weight_decay=weight_decay,
     )
 
 
@@ -476,6 +491,7 @@ def _record(session: Session, comparison: Optional[dict]) -> RunResult:
         graph_captures=getattr(session.trainer, "captures", None),
         step_time_interval_s=interval, step_time_blocks_s=list(session.block_times),
         block_steps=BLOCK_STEPS, block_rounds=list(session.block_rounds), comparison=comparison,
+        weight_decay=config.weight_decay,
     )
 
 

@@ -88,12 +88,15 @@ def test_rank_zero_alone_reports(two_ranks):
 
 
 def test_three_ranks_with_unequal_shards_on_every_step(tmp_path):
-    # 800 rows in batches of 13: shards 5/4/4, and 3/2/2 for the last batch of 7 rows
+    # 800 rows in batches of 13: shards 5/4/4, and 3/2/2 for the last batch of 7 rows; with the
+    # notes' L2 penalty (--weight-decay 0.0001), which every rank applies to the summed gradient
     records, _ = ddp_records(tmp_path, "regression", "--style", "all", "--nproc", "3", "--batch-size", "13",
-                             "--steps", "70")
+                             "--steps", "70", "--weight-decay", "0.0001")
     for style in STYLES:
-        reference = W.run(W.configure("regression", style, steps=70, batch_size=13), record_step_losses=True)
+        reference = W.run(W.configure("regression", style, steps=70, batch_size=13, weight_decay=1e-4),
+                          record_step_losses=True)
         assert records[("regression", style)]["world_size"] == 3
+        assert records[("regression", style)]["weight_decay"] == 1e-4
         assert_same_trajectory(records[("regression", style)], reference, torch.float32)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -44,3 +45,57 @@ def test_lenet_manual_update_equals_optimizer_step():
         # p - (g * lr) against SGD's fused p.add_(g, alpha=-lr): equal up to the last bit
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
         assert not torch.equal(a, start)
+
+
+def test_network_vector_jacobian_product_out_backward_v():
+    """The notes' ``net.zero_grad(); out.backward(torch.randn(1, 10))`` on LeNet: the parameter
+    (and input) gradients are the vector-Jacobian product vᵀ J of the network's output, as
+    ``torch.autograd.functional.vjp`` computes it; against the full Jacobian for the input."""
+    torch.manual_seed(0)
+    net = lenet.Net()
+    input = torch.randn(1, 1, 32, 32, requires_grad=True)
+    v = torch.randn(1, 10)
+    net.zero_grad()
+    out = net(input)
+    out.backward(v)
+    names = [n for n, _ in net.named_parameters()]
+    params = tuple(p.detach() for p in net.parameters())
+
+    def of_params(*values):
+        return torch.func.functional_call(net, dict(zip(names, values)), (input.detach(),))
+
+    _, by_params = torch.autograd.functional.vjp(of_params, params, v)
+    for name, p, want in zip(names, net.parameters(), by_params):
+        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7, msg=name)
+    assert net.conv1.bias.grad.abs().sum() > 0
+    _, by_input = torch.autograd.functional.vjp(lambda x: net(x), input.detach(), v)
+    torch.testing.assert_close(input.grad, by_input, rtol=1e-5, atol=1e-7)
+    jacobian = torch.autograd.functional.jacobian(lambda x: net(x), input.detach())  # (1, 10, 1, 1, 32, 32)
+    torch.testing.assert_close(input.grad, torch.einsum("bo,boxyzw->xyzw", v, jacobian), rtol=1e-4, atol=1e-6)
+    # not the plain sum of the outputs' gradients: v weights them
+    net.zero_grad()
+    net(input.detach()).sum().backward()
+    assert not torch.allclose(net.conv1.bias.grad, by_params[1])
+
+
+def test_three_channel_lenet_shapes():
+    """The notes' "常用网络节点": ``nn.Conv2d(3, 6, 5)``, ``nn.MaxPool2d(2, 2)``, ``Linear(16 * 5 * 5, 120)``."""
+    net = lenet.Net3()
+    assert (net.conv1.in_channels, net.conv1.out_channels, net.conv1.kernel_size) == (3, 6, (5, 5))
+    assert (net.pool.kernel_size, net.pool.stride) == (2, 2)
+    assert (net.fc1.in_features, net.fc1.out_features) == (16 * 5 * 5, 120)
+    x = torch.randn(4, 3, 32, 32)
+    shapes = []
+    for layer in (net.conv1, net.pool, net.conv2, net.pool):
+        x = layer(x) if layer is net.pool else torch.relu(layer(x))
+        shapes.append(tuple(x.shape))
+    assert shapes == [(4, 6, 28, 28), (4, 6, 14, 14), (4, 16, 10, 10), (4, 16, 5, 5)]
+    assert net(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    with pytest.raises(RuntimeError):
+        net(torch.randn(4, 1, 32, 32))  # one channel: the workload's Net, not this one
+    step = lenet.lenet3_trainer(seed=0)
+    (images, labels), = lenet.lenet3_batches(batch_size=8, batches=1)
+    first = step(images, labels)
+    for _ in range(5):
+        last = step(images, labels)
+    assert last < first  # the recommended loop trains it

@@ -7,7 +7,10 @@ digits, no download), pixels scaled to [0, 1], each pixel repeated 4x4 to
 32x32 (nearest-neighbour upsampling), 80/20 split, then normalised with the mean and
 standard deviation of the training pixels; ``CrossEntropyLoss`` and the
 notes' ``SGD(lr=0.01)``.  The notes give no loop length: the suite chooses
-batches of 32, shuffled, for 30 epochs (45 steps each).
+batches of 32, shuffled, for 30 epochs (45 steps each).  The data, its
+normalisation, the loss, the epochs and the batch size are the suite's choices; the
+notes train nothing here, so the ``as_written`` loop (:class:`AsWritten`) is the notes'
+recommended optimizer loop.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from torch import nn
 from .data import split, to_split
 from .fused import cross_entropy_with_grad_t, linear_backward, relu_backward
 from .losses import accuracy, raw_cross_entropy
-from .registry import Metric, OptimizerSpec, Workload, register_workload
+from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
+from .styles import AsWrittenModuleTrainer, SlicedAsWritten, as_written_module
 
 
 def make_data(seed: int):
@@ -166,6 +170,80 @@ def one_sample_step(seed: int = 0, lr: float = 0.01):
     return net, loss.item(), after.item(), bias_grad
 
 
+class AsWritten(AsWrittenModuleTrainer):
+    """The notes give no training loop for LeNet: this is the one they recommend ("但是推荐这么做"),
+    statement for statement, fed the suite's batches by manual slicing::
+
+        optimizer.zero_grad()   # zero the gradient buffers
+        output = net(input)
+        loss = criterion(output, target)
+        loss.backward()
+        optimizer.step()    # Does the update
+
+    It has no habit of its own: its cost is the ``module`` style's."""
+
+    batcher = SlicedAsWritten
+
+    def step(self, input, target, share=None):
+        optimizer, net, criterion = self.optimizer, self.model, self.criterion
+        optimizer.zero_grad()  # zero the gradient buffers
+        output = net(input)
+        loss = criterion(output, target)
+        self.backward(loss, share)
+        optimizer.step()  # Does the update
+        return self.result(loss, share)
+
+
+class Net3(nn.Module):
+    """The notes' "常用网络节点" line as a network: ``nn.Conv2d(3, 6, 5)``, ``nn.MaxPool2d(2, 2)``,
+    ``Linear(16 * 5 * 5, 120)``: the three-channel 32x32 LeNet of the PyTorch CIFAR-10 tutorial
+    (3x32x32 -> conv 5x5 -> 6x28x28 -> pool -> 6x14x14 -> conv 5x5 -> 16x10x10 -> pool -> 16x5x5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def lenet3_batches(batch_size: int = 32, batches: int = 4, seed: int = 0):
+    """Synthetic 3x32x32 batches and labels (no download): ``[(images, labels), ...]``."""
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch_size, 3, 32, 32, generator=generator),
+             torch.randint(0, 10, (batch_size,), generator=generator)) for _ in range(batches)]
+
+
+def lenet3_trainer(seed: int = 0, lr: float = 0.01):
+    """``Net3`` with the notes' recommended loop (``CrossEntropyLoss``, ``SGD(lr=0.01)``):
+    returns ``step(images, labels) -> loss``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = Net3()
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+
+    def step(input, target):
+        optimizer.zero_grad()
+        loss = criterion(net(input), target)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    step.net = net
+    return step
+
+
 WORKLOAD = register_workload(
     Workload(
         name="lenet",
@@ -182,6 +260,11 @@ WORKLOAD = register_workload(
         epochs=30,
         batch_size=32,
         shuffle=True,
+        as_written=Notes(
+            section="神经网络, Backprop (the recommended torch.optim loop; the notes train no LeNet)",
+            trainer=as_written_module(AsWritten, lambda w: w.build_module()),
+            habits="none: the recommended loop is the module style's step",
+        ),
         metric=Metric("test_accuracy", higher_is_better=True, fn=accuracy, is_classification=True),
         target=0.9,
         target_note=(

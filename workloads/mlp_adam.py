@@ -4,13 +4,15 @@ As documented: the data of method 1 in float32; ``Linear(5, 128) -> Sigmoid ->
 Linear(128, 1)`` with torch's default init; ``MSELoss`` and ``Adam(lr=0.001)``;
 1000 epochs of in-order batches of 116 (the last one short).  The notes train on
 all 1000 rows (9 batches an epoch); with the suite's 20 % held out it is 800 rows,
-7 batches.  The notes' re-wrapping of every batch with ``torch.tensor(...)`` and
-``backward(retain_graph=True)`` are costs of the program as written, not of the
-mathematics: the ``as_written`` style reproduces them, the others do not.
+7 batches (the held-out split is the suite's choice).  The notes' re-wrapping of every
+batch with ``torch.tensor(..., requires_grad=True)``, ``backward(retain_graph=True)`` and
+the per-batch ``loss.data.numpy()`` are costs of the program as written, not of the
+mathematics: the ``as_written`` style (:class:`AsWritten`) reproduces them, the others do not.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,11 +25,57 @@ from .mlp_sgd import (
     one_hidden_layer_raw,
     one_hidden_layer_sequential,
 )
-from .registry import Metric, OptimizerSpec, Workload, register_workload
+from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
+from .styles import AsWrittenModuleTrainer, RewrappedBatches, as_written_module
 
 
 def make_data(seed: int):
     return make_data_as(seed, torch.float32)
+
+
+class AsWritten(AsWrittenModuleTrainer):
+    """The notes' method 2 ("方法2") loop, statement for statement (``my_nn`` is the
+    ``Sequential``, ``cost`` the ``MSELoss``; the batcher makes ``xx`` / ``yy``)::
+
+        for i in range(1000):
+            batch_loss = []
+            for start in range(0, len(x_tensor), batch_size):
+                end = min(start + batch_size, len(x_tensor))
+                xx = torch.tensor(x_tensor[start:end], dtype=torch.float, requires_grad=True)
+                yy = torch.tensor(y_tensor[start:end], dtype=torch.float, requires_grad=True)
+                y_hat = my_nn(xx)
+                loss = cost(y_hat, yy)
+                optimizer.zero_grad()
+                loss.backward(retain_graph=True)
+                optimizer.step()
+                batch_loss.append(loss.data.numpy())
+            if i % 100 == 0:
+                losses.append(np.mean(batch_loss))
+            print(i, np.mean(batch_loss))
+
+    The epoch's report runs in its last step; the print is captured."""
+
+    batcher = RewrappedBatches
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.losses, self.batch_loss = [], []
+
+    def step(self, xx, yy, share=None):
+        my_nn, cost, optimizer, loop = self.model, self.criterion, self.optimizer, self.loop
+        y_hat = my_nn(xx)
+        loss = self.loss = cost(y_hat, yy)  # the previous step's retained graph is freed here
+        optimizer.zero_grad()
+        self.backward(loss, share, retain_graph=True)
+        optimizer.step()
+        self.batch_loss.append(self.numpy(loss.data))
+        if loop.last:
+            i = loop.epoch
+            if i % 100 == 0:
+                self.losses.append(np.mean(self.batch_loss))
+            print(i, np.mean(self.batch_loss), file=loop.out)
+            self.batch_loss = []
+        return self.result(loss, share)
 
 
 WORKLOAD = register_workload(
@@ -46,6 +94,13 @@ WORKLOAD = register_workload(
         epochs=1000,
         batch_size=116,
         shuffle=False,
+        as_written=Notes(
+            section="从raw建立神经网络, 方法2",
+            trainer=as_written_module(AsWritten, lambda w: w.build_sequential()),
+            habits="each batch re-wrapped with torch.tensor(x_tensor[start:end], dtype=torch.float, "
+                   "requires_grad=True) (inputs and targets), zero_grad() after the forward, "
+                   "backward(retain_graph=True), loss.data.numpy() appended every step, a print every epoch",
+        ),
         metric=Metric("test_mse", higher_is_better=False, fn=mse),
         target=1e-3,
         target_note=(

@@ -5,10 +5,13 @@ noise=0.001)``, ``StandardScaler`` on X and y, float64 tensors; weights and
 biases drawn with ``randn`` (standard deviation 1), not torch's default init;
 ``mean((y_hat - y) ** 2)`` and ``p -= 0.01 * grad`` for 10,000 full-batch steps.
 The notes train on all 1000 rows; the suite holds out 20 % (scalers fitted on the
-training rows) so that the metric is a test MSE.
+training rows) so that the metric is a test MSE: the split is the suite's choice.
+The ``as_written`` loop (:class:`AsWritten`) is the notes' method 1, habits included.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from sklearn import datasets
@@ -17,7 +20,8 @@ from torch import nn
 from .data import split, standardise, to_split
 from .fused import linear_backward, mse_with_grad
 from .losses import mse, raw_mse
-from .registry import Metric, OptimizerSpec, Workload, register_workload
+from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
+from .styles import NotesLoop, SlicedAsWritten
 
 HIDDEN = 128
 
@@ -112,6 +116,91 @@ def randn_init(model: nn.Module) -> None:
             p.copy_(torch.randn_like(p))
 
 
+class AsWritten:
+    """The notes' method 1 ("方法1:从raw建立") loop body, statement for statement: leaf tensors in
+    the notes' layout (``weights1`` is (5, 128): ``x_tensor.mm(weights1)``), ``.data`` updates
+    and ``.grad.data.zero_()``::
+
+        hidden = x_tensor.mm(weights1) + biases1
+        hidden = torch.relu(hidden)
+        y_hat = hidden.mm(weights2) + biases2
+        loss = torch.mean((y_hat - y_tensor) ** 2)
+        losses.append(loss.data.numpy())
+        if i % 1000 == 0:
+            print('loss:', loss)
+        loss.backward()
+        weights1.data.add_(-learning_rate * weights1.grad.data)
+        ...  # biases1, weights2, biases2
+        weights1.grad.data.zero_()
+        ...
+
+    ``--weight-decay`` adds torch.optim's L2 term to each gradient first (the notes have none).
+    Under ddp each rank back-propagates its share of the loss and the gradients are summed
+    with one ``all_reduce`` before the update, as the ``raw`` style does.  The notes' tensors
+    have no ``nn.Module``: DataParallel cannot wrap them."""
+
+    batcher = SlicedAsWritten
+
+    def __init__(self, workload, params, placement, spec):
+        if placement.wraps_module:
+            raise ValueError(f"{placement.name} wraps an nn.Module; the notes' method 1 has none")
+        device = placement.device()
+        w1, b1, w2, b2 = (p.detach() for p in params.values())
+        self.weights1 = w1.t().contiguous().to(device).requires_grad_()  # (input_size, hidden_size)
+        self.biases1 = b1.clone().to(device).requires_grad_()
+        self.weights2 = w2.t().contiguous().to(device).requires_grad_()  # (hidden_size, output_size)
+        self.biases2 = b2.clone().to(device).requires_grad_()
+        self.learning_rate, self.weight_decay = spec.lr, spec.weight_decay
+        self.names, self.workload = list(params), workload
+        self.losses, self.i = [], 0
+        self.on_host = device.type == "cpu"
+        self.loop = NotesLoop(type(self).batcher)
+
+    def step(self, x_tensor, y_tensor, share=None):
+        weights1, biases1, weights2, biases2 = self.weights1, self.biases1, self.weights2, self.biases2
+        learning_rate, i = self.learning_rate, self.i
+        hidden = x_tensor.mm(weights1) + biases1
+        hidden = torch.relu(hidden)
+        y_hat = hidden.mm(weights2) + biases2
+        loss = torch.mean((y_hat - y_tensor) ** 2)
+        self.losses.append(loss.data.numpy() if self.on_host else loss.data.cpu().numpy())
+        if i % 1000 == 0:
+            print('loss:', loss, file=self.loop.out)
+        if share is None:
+            loss.backward()
+        else:
+            self._all_reduced_backward(loss, share)
+        if self.weight_decay:  # torch.optim's L2 penalty, before the update
+            for p in (weights1, biases1, weights2, biases2):
+                p.grad.data.add_(p.data, alpha=self.weight_decay)
+        weights1.data.add_(-learning_rate * weights1.grad.data)
+        biases1.data.add_(-learning_rate * biases1.grad.data)
+        weights2.data.add_(-learning_rate * weights2.grad.data)
+        biases2.data.add_(-learning_rate * biases2.grad.data)
+        weights1.grad.data.zero_()
+        biases1.grad.data.zero_()
+        weights2.grad.data.zero_()
+        biases2.grad.data.zero_()
+        self.i = i + 1
+        return loss.detach() if share is None else loss.detach() * share
+
+    def _all_reduced_backward(self, loss, share):
+        params = (self.weights1, self.biases1, self.weights2, self.biases2)
+        (loss * share).backward()
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat)  # the global-batch mean gradient
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.data.copy_(g.view_as(p))
+
+    def predict(self, x):
+        return torch.relu(x.mm(self.weights1) + self.biases1).mm(self.weights2) + self.biases2
+
+    def state_dict(self):
+        """Canonical (``build_module``) names and nn.Linear's (out, in) layout."""
+        tensors = (self.weights1.t(), self.biases1, self.weights2.t(), self.biases2)
+        return OrderedDict((n, t.detach().clone().contiguous()) for n, t in zip(self.names, tensors))
+
+
 WORKLOAD = register_workload(
     Workload(
         name="mlp_sgd",
@@ -131,6 +220,12 @@ WORKLOAD = register_workload(
         eval_every=50,
         dtype=torch.float64,
         init=randn_init,
+        as_written=Notes(
+            section="从raw建立神经网络, 方法1",
+            trainer=AsWritten,
+            habits="raw leaf tensors, loss.data.numpy() appended every step, print('loss:', loss) every "
+                   "1000 steps, .data.add_ updates and .grad.data.zero_()",
+        ),
         metric=Metric("test_mse", higher_is_better=False, fn=mse),
         target=0.2,
         target_note=(

@@ -39,6 +39,20 @@ class OptimizerSpec:
 
 
 @dataclass(frozen=True)
+class AsWritten:
+    """A workload's loop as the notes write it (the ``as_written`` style; :mod:`workloads.styles`).
+
+    ``trainer`` builds the trainer whose ``step`` is the notes' loop body statement for
+    statement (its batcher, the notes' way of getting each batch, is the trainer's
+    ``batcher`` attribute); ``section`` names the note's section it comes from; ``habits``
+    says what it does beyond the mathematics."""
+
+    section: str
+    trainer: Callable  # (workload, params, placement, OptimizerSpec) -> trainer
+    habits: str
+
+
+@dataclass(frozen=True)
 class Metric:
     """The quality metric a workload is judged by, evaluated on the test split."""
 
@@ -88,6 +102,8 @@ class Workload:
     # The hand-derived forward + backward (no autograd graph) of the ``fused`` style:
     # ``(params, xb, yb) -> (loss, grads)``, params and grads in ``build_module`` order.
     fused_grads: Optional[Callable[[list, torch.Tensor, torch.Tensor], tuple]] = None
+    # The notes' own loop (the ``as_written`` style): see :class:`AsWritten`.
+    as_written: Optional[AsWritten] = None
 
 
 @dataclass

@@ -6,8 +6,9 @@ share one trainer; ``dataloader`` is the ``nn.Module`` model fed by a
 ``TensorDataset`` + ``DataLoader`` instead of manual slicing, as the notes do it.
 
 Three more measure the distance between a program as written and the fastest correct
-one: ``as_written`` (the notes' habits: each batch re-created from numpy, the graph
-retained), ``tuned`` (the ``nn.Module`` model with the levers a user would adopt:
+one: ``as_written`` (each workload's loop as the notes write it, statement for statement,
+habits included: ``Workload.as_written``, written in the workload's module; see
+``NotesLoop`` below), ``tuned`` (the ``nn.Module`` model with the levers a user would adopt:
 pre-indexed batches, torch.optim's fused/foreach kernels, gradients set to None,
 evaluation under ``inference_mode``) and ``fused`` (no autograd: the workload's
 hand-derived gradients, :mod:`workloads.fused`).
@@ -17,8 +18,11 @@ by name, in ``build_module`` order) and every batcher follows the same batch pla
 
 from __future__ import annotations
 
+import io
+import warnings
+import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -120,18 +124,6 @@ class TunedTrainer(ModuleTrainer):
             return self.module(x)
 
 
-class AsWrittenTrainer(ModuleTrainer):
-    """The notes' method 2 as written: ``loss.backward(retain_graph=True)`` every step, so
-    each step's graph buffers are kept until the loss is dropped."""
-
-    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        self.optimizer.zero_grad()
-        loss = self.criterion(self.model(xb), yb)
-        loss.backward(retain_graph=True)
-        self.optimizer.step()
-        return loss.detach()
-
-
 class _ShardedStep:
     """The nn step under DDP, as ``distributed.ShardedModuleTrainer`` writes it: the model is
     wrapped in ``DistributedDataParallel`` (which averages the gradients), the loss weighted by
@@ -151,19 +143,11 @@ class ShardedTunedTrainer(_ShardedStep, TunedTrainer):
     pass
 
 
-class ShardedAsWrittenTrainer(_ShardedStep, AsWrittenTrainer):
-    retain_graph = True
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
-
-
 # The rank-aware trainers of the styles defined here, lent to the ddp placement through
 # distributed.SHARDED_TRAINERS (registered when first built: distributed imports this module).
 _SHARDED = {
     FusedTrainer: ShardedFusedTrainer,
     TunedTrainer: ShardedTunedTrainer,
-    AsWrittenTrainer: ShardedAsWrittenTrainer,
 }
 
 
@@ -239,25 +223,227 @@ class DataLoaderBatcher:
         return iter(DataLoader(self.dataset, batch_sampler=self.plan[index]))
 
 
-class AsWrittenBatcher:
-    """The notes' habit of re-creating tensors from numpy every step (classification builds
-    its training tensors with ``torch.tensor`` inside the loop; method 2 re-wraps each batch):
-    the training split kept as numpy arrays (X in float64, as sklearn returns it), each batch
-    cut from them and converted with ``torch.tensor(..., dtype=...)``.  The values are the
-    other styles' exactly (float32 -> float64 -> float32 is exact)."""
+# --- as_written: each workload's loop as the notes write it --------------------------------------
+#
+# The notes' loops are written in each workload module (``Workload.as_written``): a trainer whose
+# ``step`` is the notes' loop body, statement for statement, and the batcher that gets each batch
+# the notes' way.  What the notes' loop knows beyond one batch (its epoch counter, whether the
+# inner loop is at its last batch, the tensors its reports evaluate, what it prints) is one
+# :class:`NotesLoop`, shared by the trainer and its batcher: the batcher, which walks the plan,
+# sets the counters before it hands out a batch; the trainer's step, which owns the model, runs
+# the notes' per-epoch report after the update.  The runner times batch + step + sync as for
+# every style: every habit is inside that.
 
-    def __init__(self, split: Split, plan: List[List[BatchEntry]]):
+
+@dataclass
+class NotesLoop:
+    """The state of one notes' loop beyond a batch (see above).  ``out`` captures what the notes
+    ``print`` (the same text, never written to the terminal)."""
+
+    batcher: Callable  # (split, plan, loop) -> the workload's as-written batcher
+    epoch: int = 0  # the notes' epoch counter (`for epoch in range(epochs)`), set by the batcher
+    last: bool = False  # this step's batch is its epoch's last: the notes' report follows it
+    data: Optional[Split] = None  # the tensors the notes' reports evaluate (train and test)
+    out: io.StringIO = field(default_factory=io.StringIO)
+
+
+# build() makes a run's trainer, then its batcher: the as-written trainer made last leaves its
+# NotesLoop here and the batcher made next takes it (ddp: ShardedBatcher makes it the same way).
+_UNPAIRED: List["weakref.ref"] = []
+
+
+def _epoch_length(plan: List[list]) -> int:
+    """Batches in a whole epoch of the plan: a run cut short by ``--steps`` ends with a shorter
+    one, whose last batch is not the end of the notes' epoch (no report follows it)."""
+    return max((len(epoch) for epoch in plan), default=0)
+
+
+def _marked(loop: NotesLoop, index: int, batches, count: int, whole: int):
+    """``batches`` of epoch ``index`` (``count`` of them, ``whole`` in a whole epoch), each handed
+    out after the loop's counters say where it is."""
+    last = count - 1 if count == whole else -1
+    for j, batch in enumerate(batches):
+        loop.epoch, loop.last = index, j == last
+        yield batch
+
+
+class SlicedAsWritten:
+    """Manual slicing (a view for in-order batches, a gather for shuffled ones), with the notes'
+    loop counters; a batch that is the whole training set is the tensors themselves, as the notes
+    use ``x_tensor`` (mlp_sgd's full batch)."""
+
+    def __init__(self, split: Split, plan: List[List[BatchEntry]], loop: NotesLoop):
+        self.X, self.y, self.loop, self.n = split.X_train, split.y_train, loop, split.n_train
+        whole = slice(0, self.n)  # None below: the whole training set
+        self.plan = [[None if isinstance(e, slice) and e == whole else e for e in epoch]
+                     for epoch in plan_on_device(plan, self.X.device)]
+        self.whole = _epoch_length(plan)
+        loop.data = split
+
+    def epoch(self, index: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        X, y, entries = self.X, self.y, self.plan[index]
+        batches = ((X, y) if e is None else (X[e], y[e]) for e in entries)
+        return _marked(self.loop, index, batches, len(entries), self.whole)
+
+
+class NumpyEveryStep:
+    """classification's habit: the training tensors re-created from numpy inside every step,
+    ``X_train_tensor = torch.tensor(X_train, dtype=torch.float)`` (X in float64, as sklearn
+    returns it; the values are the other styles' exactly: float32 -> float64 -> float32 is exact)
+    and ``y_train_tensor = torch.tensor(y_train, dtype=torch.long)``; on a GPU then ``.to(device)``
+    (the notes' GPU recipe).  Also the fallback of an as_written batcher made without its trainer."""
+
+    def __init__(self, split: Split, plan: List[List[BatchEntry]], loop: Optional[NotesLoop] = None):
         self.X = split.X_train.cpu().double().numpy()
         self.y = split.y_train.cpu().numpy()
         self.x_dtype, self.y_dtype, self.device = split.X_train.dtype, split.y_train.dtype, split.X_train.device
         self.plan = [[e if isinstance(e, slice) else e.numpy() for e in epoch] for epoch in plan]
+        self.whole = _epoch_length(plan)
+        self.loop = loop if loop is not None else NotesLoop(NumpyEveryStep)
+        self.loop.data = split
+
+    def _batches(self, entries):
+        on_host = self.device.type == "cpu"
+        for rows in entries:
+            X_train_tensor = torch.tensor(self.X[rows], dtype=self.x_dtype)
+            y_train_tensor = torch.tensor(self.y[rows], dtype=self.y_dtype)
+            if not on_host:
+                X_train_tensor, y_train_tensor = X_train_tensor.to(self.device), y_train_tensor.to(self.device)
+            yield X_train_tensor, y_train_tensor
 
     def epoch(self, index: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for rows in self.plan[index]:
-            yield (
-                torch.tensor(self.X[rows], dtype=self.x_dtype, device=self.device),
-                torch.tensor(self.y[rows], dtype=self.y_dtype, device=self.device),
-            )
+        entries = self.plan[index]
+        return _marked(self.loop, index, self._batches(entries), len(entries), self.whole)
+
+
+class _PlannedBatches:
+    """A ``batch_sampler`` whose batches are those of the plan's current epoch (the rows every
+    style sees, in place of the notes' ``shuffle=True`` sampler)."""
+
+    def __init__(self, plan: List[List[BatchEntry]]):
+        shared: dict = {}
+
+        def index_list(entry: BatchEntry) -> List[int]:
+            if not isinstance(entry, slice):
+                return as_index_list(entry)
+            return shared.setdefault((entry.start, entry.stop), as_index_list(entry))
+
+        self.plan = [[index_list(e) for e in epoch] for epoch in plan]
+        self.epoch = 0
+
+    def __iter__(self):
+        return iter(self.plan[self.epoch])
+
+    def __len__(self) -> int:
+        return len(self.plan[self.epoch])
+
+
+class NotesDataLoader:
+    """regression's feeding: ``TensorDataset`` + one ``DataLoader`` made once and iterated every
+    epoch (``for X_train_batch, y_train_batch in dataloader_train``), per-row fetch and collate;
+    its batches are the plan's (``batch_sampler``) instead of its own ``shuffle=True`` draw.  The
+    notes' test loader (``batch_size * 2``) is made too, and never used, as in the notes."""
+
+    def __init__(self, split: Split, plan: List[List[BatchEntry]], loop: NotesLoop):
+        self.loop, self.sampler = loop, _PlannedBatches(plan)
+        dataset_train = TensorDataset(split.X_train, split.y_train)
+        dataset_test = TensorDataset(split.X_test, split.y_test)
+        batch_size = max((len(b) for epoch in self.sampler.plan for b in epoch), default=1)
+        self.dataloader_train = DataLoader(dataset_train, batch_sampler=self.sampler)
+        self.dataloader_test = DataLoader(dataset_test, batch_size=batch_size * 2)
+        self.whole = _epoch_length(plan)
+        loop.data = split
+
+    def epoch(self, index: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.epoch = index
+        return _marked(self.loop, index, iter(self.dataloader_train), len(self.sampler), self.whole)
+
+
+class RewrappedBatches:
+    """mlp_adam's (method 2) batches: the notes keep ``x_tensor`` / ``y_tensor`` in float64 and wrap
+    every slice again, ``torch.tensor(x_tensor[start:end], dtype=torch.float, requires_grad=True)``
+    (inputs and targets both require grad: backward then computes their gradients too).  torch
+    warns on each such copy (``To copy construct from a tensor...``): the warning is raised every
+    step, as in the notes, and filtered out of the terminal."""
+
+    def __init__(self, split: Split, plan: List[List[BatchEntry]], loop: NotesLoop):
+        self.x_tensor, self.y_tensor = split.X_train.double(), split.y_train.double()
+        self.dtype, self.loop = split.X_train.dtype, loop
+        self.plan = plan_on_device(plan, self.x_tensor.device)
+        self.whole = _epoch_length(plan)
+        loop.data = split
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+
+    def _batches(self, entries):
+        x_tensor, y_tensor, dtype = self.x_tensor, self.y_tensor, self.dtype
+        for rows in entries:
+            xx = torch.tensor(x_tensor[rows], dtype=dtype, requires_grad=True)
+            yy = torch.tensor(y_tensor[rows], dtype=dtype, requires_grad=True)
+            yield xx, yy
+
+    def epoch(self, index: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        entries = self.plan[index]
+        return _marked(self.loop, index, self._batches(entries), len(entries), self.whole)
+
+
+class AsWrittenModuleTrainer(ModuleTrainer):
+    """Base of the as-written trainers with an ``nn.Module``: the workload module's subclass
+    writes ``step(xb, yb, share=None)`` as the notes' loop body.  Under ddp the same class runs
+    each rank (``share``: this shard's part of the global batch; the model is wrapped in
+    ``DistributedDataParallel``, so :meth:`backward` weights the loss by ``share * world``)."""
+
+    batcher: Callable = SlicedAsWritten  # (split, plan, loop) -> the notes' way of getting batches
+
+    def __init__(self, model: nn.Module, workload: Workload, params: Params, placement, spec: OptimizerSpec):
+        super().__init__(model, workload, params, placement, spec)
+        self.loop = NotesLoop(type(self).batcher)
+        self.world = placement.world_size()
+        self.on_host = placement.device().type == "cpu"
+
+    def backward(self, loss: torch.Tensor, share: Optional[float], **kwargs) -> None:
+        (loss if share is None else loss * (share * self.world)).backward(**kwargs)
+
+    @staticmethod
+    def result(loss: torch.Tensor, share: Optional[float]) -> torch.Tensor:
+        return loss.detach() if share is None else loss.detach() * share
+
+    def numpy(self, t: torch.Tensor):
+        """``t.numpy()`` as the notes write it; off the CPU it needs ``.cpu()`` first (a sync)."""
+        return t.numpy() if self.on_host else t.cpu().numpy()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        # the unwrapped model: no DDP forward (collectives) nor DataParallel scatter to evaluate
+        return self.module(x)
+
+
+def as_written_module(cls, build: Callable[[Workload], nn.Module]) -> Callable:
+    """The ``trainer`` of an :class:`~workloads.registry.AsWritten`: the model ``build`` makes,
+    with the canonical parameters, on the device, trained by ``cls`` (on every placement: the
+    class handles ddp's ``share`` itself)."""
+
+    def make(workload: Workload, params: Params, placement, spec: OptimizerSpec):
+        first = next(iter(params.values()))
+        model = load_parameters(build(workload).to(first.dtype), params).to(placement.device())
+        return cls(model, workload, params, placement, spec)
+
+    return make
+
+
+def _as_written_trainer(workload: Workload, params: Params, placement, spec: OptimizerSpec):
+    if workload.as_written is None:
+        raise ValueError(f"workload {workload.name} has no as-written loop (Workload.as_written)")
+    trainer = workload.as_written.trainer(workload, params, placement, spec)
+    _UNPAIRED[:] = [weakref.ref(trainer.loop)]
+    return trainer
+
+
+def _as_written_batcher(split: Split, plan: List[List[BatchEntry]]):
+    """The batcher of the as-written trainer made just before (see ``_UNPAIRED``); made without
+    one (a test comparing batches), classification's numpy re-creation."""
+    loop = _UNPAIRED.pop()() if _UNPAIRED else None
+    if loop is None:
+        return NumpyEveryStep(split, plan)
+    return loop.batcher(split, plan, loop)
 
 
 @dataclass(frozen=True)
@@ -327,14 +513,20 @@ STYLES.register(
 STYLES.register(
     Style(
         "as_written",
-        "the nn.Module model as the notes' loops write it: each batch re-created from numpy "
-        "with torch.tensor, backward(retain_graph=True)",
-        _module_trainer(lambda w: w.build_module(), AsWrittenTrainer),
-        AsWrittenBatcher,
+        "each workload's loop as the notes write it, statement for statement (Workload.as_written): "
+        "their per-step tensor re-creation, requires_grad batches, retain_graph, .data updates, "
+        "loss.data.numpy() appends and interval reports (printed output captured)",
+        _as_written_trainer,
+        _as_written_batcher,
         uses_module=True,
         capture_problem=(
-            "it keeps every step's autograd graph alive (backward(retain_graph=True)), which one "
-            "captured step replayed cannot do, and the loop as written is not captured"
+            "no loop of the notes replays as one captured step: classification and regression "
+            "evaluate and print every 2 / 50 epochs (a Python branch on the epoch and .item() host "
+            "syncs); mlp_sgd copies every step's loss to the host (loss.data.numpy(), a sync that a "
+            "capture refuses) and prints it every 1000 steps; mlp_adam does the same per batch, "
+            "prints each epoch, keeps each step's graph (backward(retain_graph=True)) and makes "
+            "new requires_grad input tensors each step; lenet's (the notes' recommended optimizer "
+            "loop) would capture, but a placement applies to a style as a whole"
         ),
     )
 )

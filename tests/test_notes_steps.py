@@ -47,7 +47,15 @@ def test_lenet_manual_update_equals_optimizer_step():
         assert not torch.equal(a, start)
 
 
-def test_network_vector_jacobian_product_out_backward_v():
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_network_vector_jacobian_product_out_backward_v(one_thread):
     """The notes' ``net.zero_grad(); out.backward(torch.randn(1, 10))`` on LeNet: the parameter
     (and input) gradients are the vector-Jacobian product vᵀ J of the network's output, as
     ``torch.autograd.functional.vjp`` computes it; against the full Jacobian for the input."""
@@ -78,7 +86,7 @@ def test_network_vector_jacobian_product_out_backward_v():
     assert not torch.allclose(net.conv1.bias.grad, by_params[1])
 
 
-def test_three_channel_lenet_shapes():
+def test_three_channel_lenet_shapes(one_thread):
     """The notes' "常用网络节点": ``nn.Conv2d(3, 6, 5)``, ``nn.MaxPool2d(2, 2)``, ``Linear(16 * 5 * 5, 120)``."""
     net = lenet.Net3()
     assert (net.conv1.in_channels, net.conv1.out_channels, net.conv1.kernel_size) == (3, 6, (5, 5))

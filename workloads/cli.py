@@ -32,13 +32,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _style_list(text: str) -> str:
+    """argparse type: ``all``, a style, or styles separated by commas (each once)."""
+    names = text.split(",")
+    valid = STYLES.names()
+    if text != "all" and (any(n not in valid for n in names) or len(set(names)) != len(names)):
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose all, or one or more of {', '.join(valid)} separated by commas, each once)")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="The documented PyTorch workloads in four equivalent styles, timed.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="workloads, styles and placements (with why a placement is unavailable)")
     r = sub.add_parser("run", help="train workloads and print a table of their records")
     r.add_argument("workload", nargs="?", default="all", choices=WORKLOADS.names() + ["all"], metavar="WORKLOAD|all")
-    r.add_argument("--style", default="all", choices=STYLES.names() + ["all"])
+    r.add_argument("--style", default="all", type=_style_list, metavar="S[,S...]|all",
+                   help="a style, several separated by commas (timed interleaved), or all (default)")
     r.add_argument("--device", default="cpu", choices=PLACEMENTS.names())
     r.add_argument("--seed", type=seed_type, default=0)
     r.add_argument("--epochs", type=positive_int)
@@ -217,7 +228,7 @@ def cmd_run(args) -> int:
     if args.json is not None:
         check_json_path(args.json)
     if args.save is not None:
-        if args.workload == "all" or args.style == "all":
+        if args.workload == "all" or args.style == "all" or "," in args.style:
             raise UsageError("--save keeps one model: name one workload and one --style")
         if args.device == "ddp":
             raise UsageError("--save applies to single-process runs, not --device ddp")
@@ -229,7 +240,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"--backend chooses the ddp process group's backend; it does not apply to --device {args.device}")
     distributed.select_backend(args.backend)  # before configure: the checks depend on it
     names = WORKLOADS.names() if args.workload == "all" else [args.workload]
-    styles = STYLES.names() if args.style == "all" else [args.style]
+    styles = STYLES.names() if args.style == "all" else args.style.split(",")
     overrides = dict(epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                      threads=args.threads, until_target=args.until_target, nproc=args.nproc,
                      deterministic=args.deterministic, weight_decay=args.weight_decay)

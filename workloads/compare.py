@@ -313,7 +313,9 @@ def aggregate(records: List[dict], flops_per_step: float, peak: float) -> dict:
         "steps_to_target": _median([r["steps_to_target"] for r in reached]),
         "time_to_target_s": _median([r["time_to_target_s"] for r in reached]),
         "step_time_median_s": step_median,
-        "step_time_interval_s": median_interval(blocks).interval if blocks else None,
+        # one run: its own interval; several seeds: the interval of the median over their blocks
+        "step_time_interval_s": (first.get("step_time_interval_s") if len(records) == 1
+                                 else median_interval(blocks).interval if blocks else None),
         "fit_time_s": _median([r.get("fit_time_s") for r in records]),
         "metric_value": _median([r["metric_value"] for r in records]),
         "dead_classes": sorted({c for r in records for c in (r.get("dead_classes") or [])}),

@@ -103,8 +103,9 @@ class RunResult:
     peak_gpu_memory_bytes: Optional[int] = None  # torch.cuda.max_memory_allocated; None off CUDA
     graph_replays: Optional[int] = None  # cuda_graph: steps that were replays of a captured graph
     graph_captures: Optional[int] = None  # cuda_graph: graphs captured (one per batch shape)
-    # Timing statistics (workloads.stats): the median step time of each block of ``block_steps``
-    # consecutive steps, and the 95 % bootstrap interval of the median over those blocks.
+    # Timing statistics (workloads.stats): the 95 % interval of step_time_median_s (a bootstrap
+    # that resamples whole blocks of ``block_steps`` consecutive steps), and the median step time
+    # of each block (the samples of every paired and two-sample ratio).
     step_time_interval_s: Optional[List[float]] = None
     step_time_blocks_s: Optional[List[float]] = None
     block_steps: Optional[int] = None
@@ -370,6 +371,7 @@ class Session:
         self.step_times: List[float] = []
         self.block_times: List[float] = []  # median step time of each block (the timing samples)
         self.block_rounds: List[int] = []  # the interleaving round each block ran in
+        self.block_sizes: List[int] = []  # steps of each block
         self.losses: List[torch.Tensor] = []
         self.history: List[dict] = []
         self.step, self.elapsed = 0, 0.0
@@ -395,6 +397,7 @@ class Session:
             self.finished = self._after_step(*timed)
         if times:
             self.block_times.append(statistics.median(times))
+            self.block_sizes.append(len(times))
             self.block_rounds.append(len(self.block_rounds) if round_index is None else round_index)
         peak = placement.peak_memory_bytes()
         if peak is not None:
@@ -462,7 +465,7 @@ class Session:
 
 def _record(session: Session, comparison: Optional[dict]) -> RunResult:
     """The run record of a finished session."""
-    from .stats import median_interval
+    from .stats import block_median_interval
 
     config, wl, placement = session.config, session.config.workload, session.config.placement
     last = session.last
@@ -472,7 +475,7 @@ def _record(session: Session, comparison: Optional[dict]) -> RunResult:
     step_losses = None
     if session.record_step_losses:
         step_losses = placement.reduce_step_losses(torch.stack(session.losses)).double().cpu().tolist()
-    interval = median_interval(session.block_times).interval if session.block_times else None
+    interval = block_median_interval(_blocks(session.step_times, session.block_sizes)).interval
     return RunResult(
         workload=wl.name, style=config.style.name, device=placement.name, device_name=placement.device_name(),
         seed=config.seed, threads=config.threads, torch_version=torch.__version__,
@@ -493,6 +496,14 @@ def _record(session: Session, comparison: Optional[dict]) -> RunResult:
         block_steps=BLOCK_STEPS, block_rounds=list(session.block_rounds), comparison=comparison,
         weight_decay=config.weight_decay,
     )
+
+
+def _blocks(values: List[float], sizes: List[int]) -> List[List[float]]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(values[start:start + size])
+        start += size
+    return out
 
 
 @contextlib.contextmanager

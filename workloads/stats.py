@@ -85,6 +85,31 @@ def median_interval(samples: Sequence[float]) -> Estimate:
     return Estimate(point, low, high, int(values.size))
 
 
+def block_median_interval(blocks: Sequence[Sequence[float]]) -> Estimate:
+    """The median of every value in ``blocks`` and its block-bootstrap interval.
+
+    Consecutive steps share a machine phase, so steps are not independent samples: the
+    bootstrap resamples whole blocks (with replacement) and takes the median of the steps of
+    the resampled blocks.  The point is the plain median of all steps.
+    """
+    arrays = [np.asarray(b, dtype=float) for b in blocks if len(b)]
+    if not arrays:
+        raise ValueError("no samples")
+    everything = np.concatenate(arrays)
+    point = float(np.median(everything))
+    if len(arrays) < MIN_SAMPLES:
+        return Estimate(point, None, None, len(arrays))
+
+    def statistic(indices):
+        return np.median(np.concatenate([arrays[int(i)] for i in indices]))
+
+    result = stats.bootstrap((np.arange(len(arrays)),), statistic, n_resamples=RESAMPLES,
+                             confidence_level=CONFIDENCE, method="percentile", vectorized=False,
+                             rng=np.random.default_rng(0))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return Estimate(point, low, high, len(arrays))
+
+
 def paired_ratio(values: Sequence[float], references: Sequence[float]) -> Estimate:
     """Median of the per-round ratios ``values[i] / references[i]`` and its bootstrap interval."""
     if len(values) != len(references):

@@ -140,3 +140,43 @@ class TimeToTarget(_QualityRuns):
         return self._reached()["time_to_target_s"]
 
     track_time_to_target.unit = "seconds"
+
+
+class InstructionCounts(Benchmark):
+    """Instructions per optimizer step under valgrind's callgrind (``torchloops count``): a
+    deterministic history line where seconds are noise.
+
+    One valgrind process counts every workload x style on cpu once, in ``setup_cache``
+    (4-7 minutes on the 2-core machine; the start-up under valgrind is paid once, not per
+    parameter combination); each parameter combination reads its number.  Where valgrind is
+    missing or torch has no valgrind hooks, every combination is skipped with the reason;
+    placements other than cpu are skipped (callgrind counts host instructions).
+    """
+
+    version = "1"
+    params = GRID
+    param_names = GRID_NAMES
+    timeout = 1800.0
+
+    def setup_cache(self):
+        from workloads import counting
+
+        problem = counting.valgrind_problem()
+        if problem is not None:
+            return {"unavailable": problem}
+        return {key: record["instructions_per_step"] for key, record in counting.grid_counts().items()}
+
+    setup_cache.timeout = 1800.0
+
+    def setup(self, counts, workload, style, placement):
+        if "unavailable" in counts:
+            raise NotImplementedError(counts["unavailable"])
+        if placement != "cpu":
+            raise NotImplementedError("instruction counts are measured on the cpu placement only")
+        if (workload, style) not in counts:
+            raise NotImplementedError(f"{workload}/{style} was not counted")
+
+    def track_instructions_per_step(self, counts, workload, style, placement):
+        return counts[(workload, style)]
+
+    track_instructions_per_step.unit = "instructions"

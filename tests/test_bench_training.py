@@ -16,6 +16,8 @@ A placement that cannot run here is skipped with its reason, never an error.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import workloads
@@ -25,6 +27,23 @@ GRID = B.grid()
 IDS = ["-".join(key) for key in GRID]
 SMOKE_STEPS = 20  # length of the run-to-target body when timing is disabled
 EPOCH_ROUNDS = 5  # epochs timed per configuration (an epoch can take seconds)
+
+
+# TORCHLOOPS_COUNT=1: test_bench_step also records instructions_per_step (valgrind's callgrind,
+# workloads.counting); every cpu configuration is counted once, in one valgrind process
+# (4-7 minutes on 2 cores), the first time a step benchmark needs it.
+COUNT = os.environ.get("TORCHLOOPS_COUNT") == "1"
+
+
+def _instructions(workload, style) -> dict:
+    from workloads import counting
+
+    problem = counting.valgrind_problem()
+    if problem is not None:
+        return {"instructions_per_step": None, "instructions_unavailable": problem}
+    record = counting.grid_counts()[(workload, style)]
+    return {"instructions_per_step": record["instructions_per_step"], "counted_steps": record["steps"],
+            "valgrind_version": record["valgrind_version"]}
 
 
 def _or_skip(make, *args, **kwargs):
@@ -47,6 +66,8 @@ def test_bench_step(benchmark, workload, style, placement):
     _describe(benchmark, workload, prepared)
     benchmark(prepared.step)
     prepared.check()  # a diverged model has no time to report
+    if COUNT and placement == "cpu":
+        benchmark.extra_info.update(_instructions(workload, style))
 
 
 @pytest.mark.parametrize("workload, style, placement", GRID, ids=IDS)

@@ -12,7 +12,7 @@ import importlib
 from types import ModuleType
 from typing import Dict
 
-NAMES: tuple = ("diff", "profile")
+NAMES: tuple = ("diff", "profile", "count")
 
 
 def modules() -> Dict[str, ModuleType]:

@@ -1,0 +1,95 @@
+"""``torchloops count``: instructions per optimizer step under valgrind's callgrind.
+
+Every requested workload x style runs in ONE valgrind process (:mod:`workloads.counting`);
+the table goes to stdout, ``--json`` writes one record per configuration (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import STYLES, WORKLOADS
+from ..console import check_json_path, format_table, positive_int, write_json_atomic
+from ..console import seed as seed_type
+
+EPILOG = """\
+what is counted: per configuration, WARMUP uncounted steps, then STEPS steps with callgrind's
+collection on (torch._C._valgrind_toggle); each step is what the runner times: next batch,
+trainer.step, device sync; cpu, 1 thread.  Instructions (event Ir) per step = total / STEPS.
+
+exit status:
+  0  counted (table on stdout; --json written)
+  1  the valgrind child failed (one line: the tail of its stderr); nothing written
+  2  bad input (one line); nothing runs, nothing written
+  3  counting unavailable here: valgrind missing, or torch without valgrind hooks
+     (torch._C._valgrind_supported_platform() is False); one line, nothing written
+"""
+
+
+def add_parser(subparsers) -> None:
+    from ..counting import DEFAULT_STEPS, DEFAULT_WARMUP, HEAVY_WORKLOADS
+
+    def _heavy(index: int) -> str:
+        return ", ".join(f"{name} {pair[index]}" for name, pair in HEAVY_WORKLOADS.items())
+
+    c = subparsers.add_parser(
+        "count",
+        help="instructions per optimizer step under valgrind's callgrind (deterministic; cpu, 1 thread)",
+        description="Count the instructions of steady-state optimizer steps of every requested "
+        "workload x style, all in one valgrind (callgrind) process.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("workload", nargs="?", default="all", choices=WORKLOADS.names() + ["all"], metavar="WORKLOAD|all")
+    c.add_argument("--style", default="all", choices=STYLES.names() + ["all"])
+    c.add_argument("--steps", type=positive_int, default=None,
+                   help=f"counted steps per configuration (default {DEFAULT_STEPS}; {_heavy(0)})")
+    c.add_argument("--warmup", type=_non_negative_int, default=None,
+                   help=f"uncounted steps before the counted ones (default {DEFAULT_WARMUP}; {_heavy(1)})")
+    c.add_argument("--seed", type=seed_type, default=0)
+    c.add_argument("--json", metavar="PATH", help="write the list of count records here")
+    c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def main(args) -> int:
+    from .. import counting
+
+    if args.json:
+        check_json_path(args.json)
+    planned = counting.configs(args.workload, args.style, args.seed, steps=args.steps, warmup=args.warmup)
+    problem = counting.valgrind_problem()
+    if problem is not None:
+        print(f"torchloops: cannot count instructions: {problem}", file=sys.stderr)
+        return counting.EXIT_UNAVAILABLE
+
+    def progress(done: int, total: int, label: str) -> None:
+        if not args.quiet:
+            print(f"torchloops count: {done}/{total} {label}", file=sys.stderr, flush=True)
+
+    if not args.quiet:
+        print(f"torchloops count: {len(planned)} configuration(s) in one valgrind process "
+              "(python + torch start-up under valgrind: about a minute)", file=sys.stderr, flush=True)
+    try:
+        records = counting.count(planned, steps=args.steps, warmup=args.warmup, progress=progress)
+    except counting.CountUnavailable as why:
+        print(f"torchloops: cannot count instructions: {why}", file=sys.stderr)
+        return counting.EXIT_UNAVAILABLE
+    except counting.CountFailed as why:
+        print(f"torchloops: error: {' '.join(str(why).split())}", file=sys.stderr)
+        return 1
+    rows = [[r["workload"], r["style"], str(r["steps"]), f"{r['instructions_per_step']:,.0f}"] for r in records]
+    print(format_table(("workload", "style", "counted steps", "instructions/step"), rows))
+    if args.json:
+        write_json_atomic(args.json, records)
+    return 0

@@ -48,8 +48,8 @@ Exit status:
   4  no GPU is usable here (nothing run; one line on stderr naming why).
 
 For the tests only: the environment variable ``TORCHLOOPS_GPU_CHECK_FAULT`` =
-``crash:PLACEMENT/WORKLOAD/STYLE`` (or ``hang:...``, ``die:...``) makes the worker raise
-in (sleep through, exit during) that run, to show that a failure is one row.
+``crash:PLACEMENT/WORKLOAD/STYLE`` (or ``hang:...``, ``die:...``; several separated by ``;``)
+makes the worker raise in (sleep through, exit during) that run, to show that a failure is one row.
 """
 
 from __future__ import annotations
@@ -180,9 +180,10 @@ def parse_args(argv=None):
 
 
 def _fault(job):
-    spec = os.environ.get(FAULT_ENV, "")
-    kind, _, target = spec.partition(":")
-    if target != f"{job['placement']}/{job['workload']}/{job['style']}":
+    here = f"{job['placement']}/{job['workload']}/{job['style']}"
+    faults = dict(reversed(item.split(":", 1)) for item in os.environ.get(FAULT_ENV, "").split(";") if ":" in item)
+    kind = faults.get(here)
+    if kind is None:
         return
     if kind == "crash":
         raise RuntimeError(f"injected failure ({FAULT_ENV})")

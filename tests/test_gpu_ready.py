@@ -347,26 +347,22 @@ def test_gpu_check_dry_run_that_reaches_every_target_exits_0(tmp_path):
     assert "every run reached its target; exit status 0" in proc.stdout
 
 
-def test_gpu_check_a_crashed_run_is_a_row_and_the_check_goes_on(tmp_path):
+def test_gpu_check_a_crashed_run_and_a_dead_worker_are_rows_and_the_check_goes_on(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = gpu_check("--dry-run", "--workloads", "regression", "--styles", "module,fused", "--no-graph-comparison",
-                     "--json", str(out), fault="crash:cuda/regression/module")
+    proc = gpu_check("--dry-run", "--placements", "cuda,cuda_graph", "--workloads", "regression", "--styles",
+                     "module,fused", "--no-graph-comparison", "--json", str(out),
+                     fault="crash:cuda/regression/module;die:cuda_graph/regression/module")
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     document = json.loads(out.read_text())
-    (failure,) = document["failures"]
-    assert failure["kind"] == "crashed" and failure["placement"] == "cuda~cpu" and failure["style"] == "module"
-    assert "RuntimeError: injected failure" in failure["reason"]
-    # every other run of the plan ran: cuda fused; cuda_graph module and fused; dataparallel module
-    assert [(r["style"]) for r in document["records"]] == ["fused", "module", "fused", "module"]
+    crashed, died = document["failures"]
+    assert crashed["kind"] == "crashed" and crashed["placement"] == "cuda~cpu" and crashed["style"] == "module"
+    assert "RuntimeError: injected failure" in crashed["reason"]
+    assert died["placement"] == "cuda_graph~cpu" and died["style"] == "module"
     assert "CRASHED: RuntimeError: injected failure" in proc.stdout
-
-
-def test_gpu_check_a_dead_worker_is_a_row_and_a_new_worker_goes_on(tmp_path):
-    proc = gpu_check("--dry-run", "--placements", "cuda", "--workloads", "regression", "--styles", "module,fused",
-                     "--no-graph-comparison", fault="die:cuda/regression/module")
-    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "CRASHED: the worker process died (status 9)" in proc.stdout
-    fused = [line for line in proc.stdout.splitlines() if line.startswith("cuda~cpu") and " fused " in line]
+    # every other run of the plan ran, the one after the dead worker on a new worker
+    assert [(r["style"]) for r in document["records"]] == ["fused", "fused"]
+    fused = [line for line in proc.stdout.splitlines() if line.startswith("cuda_graph~cpu") and " fused " in line]
     assert fused and "CRASHED" not in fused[-1] and "capped at 4" in fused[-1]
 
 

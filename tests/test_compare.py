@@ -152,3 +152,36 @@ def test_compare_rejects_bad_input_before_running(tmp_path, capsys):
 def test_cli_registers_compare_and_converge():
     assert {"compare", "converge"} <= set(cli.COMMANDS)
     assert cli.main(["compare", "--seeds", "0"]) == 2
+
+
+def _style(name, blocks, steps_to_target=100):
+    return {"kind": "style", "style": name, "device": "cpu", "seed": 0, "reached_target": True,
+            "steps_to_target": steps_to_target, "time_to_target_s": steps_to_target * blocks[0],
+            "step_time_median_s": blocks[0], "step_time_blocks_s": list(blocks),
+            "block_rounds": list(range(len(blocks))), "metric_value": 0.9}
+
+
+def _peer(name, fits, reached=True):
+    return {"kind": "peer", "style": name, "device": "cpu", "seed": 0, "reached_target": reached,
+            "fit_time_s": sorted(fits)[len(fits) // 2], "fit_times_s": list(fits),
+            "time_to_target_s": sorted(fits)[len(fits) // 2] if reached else None, "steps_to_target": 10,
+            "step_time_median_s": fits[0] / 10, "metric_value": 0.9}
+
+
+def test_as_written_against_the_fastest_and_the_fastest_against_each_peer():
+    phases = [1e-3 if (r // 5) % 2 else 2e-3 for r in range(40)]  # machine phases shared by the styles
+    groups = [[_style("module", phases)], [_style("as_written", [3 * p for p in phases])],
+              [_style("fused", [0.5 * p for p in phases])],
+              [_peer("sk:fast", [0.01, 0.011, 0.012])], [_peer("sk:slow", [1.0, 1.1, 0.9])],
+              [_peer("sk:never", [0.001, 0.001, 0.001], reached=False)]]
+    found = compare.as_written_vs_fastest(groups)
+    assert found["fastest"] == "fused"
+    assert found["as_written_over_fastest"]["ratio"] == pytest.approx(6.0)  # paired: the phases cancel
+    race = compare.fastest_vs_peers(groups)
+    assert race["fastest"] == "fused"
+    verdicts = {p["peer"]: p["verdict"] for p in race["peers"]}
+    assert verdicts == {"sk:fast": "slower", "sk:slow": "faster"}  # a peer short of the target is no rival
+    rows = compare.rows_of(groups, flops_per_step=1.0, peak=1.0)
+    by_name = {r["style"]: r for r in rows}
+    assert by_name["fused"]["vs_reference"]["ratio"] == pytest.approx(0.5)
+    assert by_name["module"]["vs_reference"] is None and by_name["fused"]["best_peer"] == "sk:fast"

@@ -51,7 +51,7 @@ from .references import REFERENCE_DIR, load_reference, reference_path, typical_s
 from .registry import WORKLOADS, UsageError
 from .interleave import paired_records, run_interleaved
 from .runner import BLOCK_STEPS, Unavailable, configure, run
-from .stats import Estimate, format_ratio, median_interval, two_sample_ratio
+from .stats import Estimate, format_ratio, median_interval, two_sample_ratio, verdict
 from .styles import STYLES
 
 PROG = "torchloops"
@@ -352,6 +352,25 @@ def rows_of(groups: List[List[dict]], flops_per_step: float, peak: float) -> Lis
     return rows
 
 
+def fastest_vs_peers(groups: List[List[dict]]) -> Optional[dict]:
+    """The fastest style on the CPU against every scikit-learn peer that reached the target:
+    time-to-target ratio (fastest / peer) with its interval, and which one wins."""
+    cpu = [g for g in groups if g[0].get("kind", "style") == "style" and g[0]["device"] == "cpu"]
+    reached = [g for g in cpu if all(r["reached_target"] for r in g)]
+    if not reached:
+        return None
+    fastest = min(reached, key=lambda g: _median([r["time_to_target_s"] for r in g]))
+    samples = _time_to_target_samples(fastest)
+    out = []
+    for g in groups:
+        if g[0].get("kind") != "peer" or not all(r["reached_target"] for r in g):
+            continue
+        fits = [t for r in g for t in r.get("fit_times_s", [r["fit_time_s"]])]
+        estimate = two_sample_ratio(fits, samples)
+        out.append({"peer": g[0]["style"], "ratio": _estimate(estimate), "verdict": verdict(estimate)})
+    return {"fastest": fastest[0]["style"], "peers": out}
+
+
 def as_written_vs_fastest(groups: List[List[dict]]) -> Optional[dict]:
     """The notes' program as written against the fastest style on the CPU, paired per round."""
     cpu = {g[0]["style"]: g for g in groups if g[0].get("kind", "style") == "style" and g[0]["device"] == "cpu"}
@@ -533,6 +552,7 @@ def compare(args, out=None) -> dict:
             "target": wl.target, "seeds": entry["seeds"], "typical_seed": entry["typical_seed"],
             "dtype": str(wl.dtype).replace("torch.", ""), "flops_per_step": flops,
             "peak_flops": peak, "rows": rows, "as_written_vs_fastest": as_written_vs_fastest(groups),
+            "fastest_vs_peers": fastest_vs_peers(groups),
         }
         sections.append(section)
     # The machine is shared: measure the peak again after the runs and keep the better of the two.
@@ -586,6 +606,11 @@ def _print_section(section: dict, out) -> None:
         print(f"as written vs fastest: as_written {seconds(found['as_written_step_s'])} a step, fastest "
               f"({found['fastest']}) {seconds(found['fastest_step_s'])}: as_written / {found['fastest']} = "
               f"{_ratio_cell(found['as_written_over_fastest'])}", file=out)
+    race = section.get("fastest_vs_peers")
+    if race and race["peers"]:
+        words = {"faster": "beats", "slower": "loses to", "same": "ties with"}
+        parts = [f"{words[p['verdict']]} {p['peer']} ({_ratio_cell(p['ratio'])})" for p in race["peers"]]
+        print(f"fastest style to target ({race['fastest']}): " + "; ".join(parts), file=out)
     print(COMPARE_FOOTNOTE, file=out)
 
 

@@ -115,10 +115,19 @@ def test_consistency_check_counts_runs_that_never_reach_the_target():
     assert not compare.check_consistency(REFERENCE, _fresh(None, None))["ok"]
 
 
-def test_compare_end_to_end(tmp_path, capsys):
+def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
+    from workloads import counting
+
+    def fake_count(requests, **_kwargs):  # --count's plumbing; the real count is tests/test_count.py's
+        return [{"workload": w, "style": s, "seed": seed, "instructions_per_step": 1000.0 + i}
+                for i, (w, s, seed) in enumerate(requests)]
+
+    monkeypatch.setattr(counting, "count", fake_count)
+    monkeypatch.setattr(counting, "valgrind_problem", lambda: None)
     out = tmp_path / "cmp"
-    assert _main(["compare", "regression", "--out", str(out), "--quiet"]) == 0
+    assert _main(["compare", "regression", "--out", str(out), "--quiet", "--count"]) == 0
     text = capsys.readouterr()
+    assert "1,000 instructions/step" in text.out and "instructions per step 1,00" in text.out
     assert text.err == ""  # no progress bar when stderr is not a terminal
     for name in W.STYLES.names() + ["sk:LinearRegression", "sk:SGDRegressor"]:
         assert f"\n{name} " in text.out
@@ -135,6 +144,17 @@ def test_compare_end_to_end(tmp_path, capsys):
         assert row["reached"] == 1, row  # every style and both peers reach 1e-6 here
     for png in ("curves.png", "time_to_target.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
+    counted = [r["instructions_per_step"] for r in document["records"] if r["kind"] == "style"]
+    assert counted == [1000.0 + i for i in range(len(W.STYLES.names()))]
+
+
+def test_compare_count_without_valgrind_is_one_line(tmp_path, capsys, monkeypatch):
+    from workloads import counting
+
+    monkeypatch.setattr(counting, "valgrind_problem", lambda: "valgrind is not installed")
+    assert _main(["compare", "regression", "--count", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "valgrind is not installed" in err and not (tmp_path / "c").exists()
 
 
 def test_compare_rejects_bad_input_before_running(tmp_path, capsys):

@@ -410,6 +410,8 @@ def table_rows(rows: List[dict], metric: str) -> List[List[str]]:
             notes.append(f"fit {seconds(r['fit_time_s'])}, short of the target")
         if r["convergence_warning"]:
             notes.append("ConvergenceWarning")
+        if r.get("instructions_per_step"):
+            notes.append(f"{r['instructions_per_step']:,.0f} instructions/step")
         share = "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.3g} %"
         versus = "reference" if r["kind"] == "style" and r["style"] == "module" and r["device"] == "cpu" else \
             _ratio_cell(r["vs_reference"])
@@ -521,6 +523,28 @@ def _reference_index(configs) -> int:
     return 0
 
 
+def _add_counts(records: List[dict], sections: List[dict]) -> None:
+    """``--count``: instructions per step of every cpu style record (one valgrind process),
+    into the records, the table rows and the as-written line."""
+    from .counting import count
+
+    wanted = [r for r in records if r.get("kind") == "style" and r["device"] == "cpu"]
+    counted = count([(r["workload"], r["style"], r["seed"]) for r in wanted])
+    by_key = {(c["workload"], c["style"], c["seed"]): c["instructions_per_step"] for c in counted}
+    for record in wanted:
+        record["instructions_per_step"] = by_key[(record["workload"], record["style"], record["seed"])]
+    for section in sections:
+        for row in section["rows"]:
+            values = [by_key.get((section["workload"], row["style"], seed)) for seed in row["seeds"]
+                      if row["kind"] == "style" and row["device"] == "cpu"]
+            row["instructions_per_step"] = _median(values)
+        found = section.get("as_written_vs_fastest")
+        if found:
+            seed = section["seeds"][0]
+            found["as_written_instructions"] = by_key.get((section["workload"], "as_written", seed))
+            found["fastest_instructions"] = by_key.get((section["workload"], found["fastest"], seed))
+
+
 def _peer_record(fits: List[dict]) -> dict:
     """One peer's record over repeated fits: the median fit, with every fit time kept."""
     times = [f["fit_time_s"] for f in fits]
@@ -533,6 +557,12 @@ def compare(args, out=None) -> dict:
     """Run the comparison of ``args`` (the parsed ``compare`` command); returns the results document."""
     out = sys.stdout if out is None else out
     _check_out_dir(args.out)
+    if getattr(args, "count", False):
+        from .counting import valgrind_problem
+
+        problem = valgrind_problem()
+        if problem:
+            raise UsageError(f"--count: instructions cannot be counted here: {problem}")
     started = time.perf_counter()
     plan = _plan(args)
     dtypes = sorted({e["workload"].dtype for e in plan["workloads"]}, key=str)
@@ -555,6 +585,8 @@ def compare(args, out=None) -> dict:
             "fastest_vs_peers": fastest_vs_peers(groups),
         }
         sections.append(section)
+    if getattr(args, "count", False):
+        _add_counts(records, sections)
     # The machine is shared: measure the peak again after the runs and keep the better of the two.
     for dtype, value in throughputs(dtypes, args.threads).items():
         peaks[dtype] = max(peaks[dtype], value)
@@ -603,9 +635,14 @@ def _print_section(section: dict, out) -> None:
     print(format_table(COMPARE_HEADERS, table_rows(section["rows"], section["metric"])), file=out, flush=True)
     found = section.get("as_written_vs_fastest")
     if found and found["as_written_over_fastest"]:
+        counts = ""
+        if found.get("as_written_instructions") and found.get("fastest_instructions"):
+            counts = (f"; instructions per step {found['as_written_instructions']:,.0f} and "
+                      f"{found['fastest_instructions']:,.0f} "
+                      f"({found['as_written_instructions'] / found['fastest_instructions']:.2f}x)")
         print(f"as written vs fastest: as_written {seconds(found['as_written_step_s'])} a step, fastest "
               f"({found['fastest']}) {seconds(found['fastest_step_s'])}: as_written / {found['fastest']} = "
-              f"{_ratio_cell(found['as_written_over_fastest'])}", file=out)
+              f"{_ratio_cell(found['as_written_over_fastest'])}{counts}", file=out)
     race = section.get("fastest_vs_peers")
     if race and race["peers"]:
         words = {"faster": "beats", "slower": "loses to", "same": "ties with"}
@@ -635,6 +672,9 @@ def add_commands(subparsers) -> Dict[str, callable]:
     c.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")
     c.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--count", action="store_true",
+                   help="also count instructions per step of every style on the cpu (callgrind, one valgrind "
+                        "process, minutes): instructions_per_step in the records and the tables")
 
     v = subparsers.add_parser("converge", help="steps-to-target over seeds (a convergence distribution)")
     v.add_argument("workload", choices=WORKLOADS.names(), metavar="WORKLOAD")

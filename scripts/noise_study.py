@@ -198,6 +198,48 @@ def part_counts(processes, workloads, folder):
     return out
 
 
+def report(document: dict) -> str:
+    """The study as Markdown tables (docs/measurement.md's "Noise study" section)."""
+    out = [f"Measured {document['started']} on {document['machine']['platform']} "
+           f"({document['machine']['cpu_count']} cores), torch {document['torch']}, 1 thread; "
+           f"`{document['command']}`; {document['runs']} runs of {document['steps']} steps per row."]
+    if "aa" in document:
+        out += ["", "**A/A in one run** (module vs sequential, interleaved; target: ≈ same in ≥ 95 % of runs, "
+                "point ratio within ±5 % in ≥ 95 %):", "",
+                "| workload | ≈ same | point ratios (min–max) | within ±5 % | median interval width |",
+                "|---|---|---|---|---|"]
+        for name, s in document["aa"].items():
+            out.append(f"| {name} | {s['verdicts']['same']}/{s['runs']} | {s['ratio_min']:.3f}–{s['ratio_max']:.3f} "
+                       f"| {s['within_5pct']}/{s['runs']} | {s['interval_width_median']:.3f} |")
+    if "planted" in document:
+        out += ["", "**Planted slowdowns, interleaved wall time** (detected = verdict \"slower\": the whole "
+                "interval above 1.03; target: planted 10 % detected in ≥ 95 %):", "",
+                "| workload, planted | realised ratio median (min–max) | detected |", "|---|---|---|"]
+        for key, s in document["planted"].items():
+            out.append(f"| {key} | {s['ratio_median']:.3f} ({s['ratio_min']:.3f}–{s['ratio_max']:.3f}) "
+                       f"| {s['detected']}/{s['runs']} |")
+    if "separate" in document:
+        out += ["", "**A/A across separate runs** (`torchloops run W --style module --json` twice, then "
+                "`torchloops diff`, default `--max-slowdown 5`; a false alarm is exit 1):", "",
+                "| workload | false alarms | step-median ratios of the pairs (min–max) |", "|---|---|---|"]
+        for name, s in document["separate"].items():
+            out.append(f"| {name} | {s['false_alarms']}/{s['pairs']} | {s['ratio_min']:.3f}–{s['ratio_max']:.3f} |")
+    counts = document.get("counts")
+    if counts and "skipped" not in counts:
+        out += ["", f"**Instruction counts** ({counts['processes']} separate `count` processes of every "
+                "workload's module step; A/A pairs through `diff --max-slowdown 2`; a planted 3 % through "
+                "the same diff):", "",
+                "| workload | module instructions/step | spread over the processes | planted 3 % (realised) |",
+                "|---|---|---|---|"]
+        for name, s in counts["per_config"].items():
+            out.append(f"| {name} | {s['counts'][0]:,.0f} | {100 * s['spread']:.3f} % "
+                       f"| +{100 * counts['planted_realised'][name]:.2f} % |")
+        out += ["", f"A/A diff pairs: exit statuses {counts['aa_pair_exit_statuses']} "
+                f"({counts['aa_false_alarms']} false alarms in {len(counts['aa_pair_exit_statuses']) * len(counts['per_config'])} "
+                f"configuration pairs); planted 3 %: `diff --max-slowdown 2` exit {counts['planted_diff_exit']}."]
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default=",".join(PARTS))
@@ -207,7 +249,11 @@ def main(argv=None) -> int:
     parser.add_argument("--separate-workloads", default="regression,mlp_adam")
     parser.add_argument("--count-processes", type=int, default=4)
     parser.add_argument("--json", default="results/noise_study.json")
+    parser.add_argument("--report", metavar="JSON", help="print the Markdown tables of a finished study and stop")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return 0
     parts = args.parts.split(",")
     unknown = [p for p in parts if p not in PARTS]
     if unknown or args.runs < 1 or args.steps < 1:

@@ -32,6 +32,13 @@ from .optimizers import step_counter
 from .registry import OptimizerSpec, Workload
 
 aten = torch.ops.aten
+# ATen entry points below their Python wrappers (no argument checks in Python, no overload
+# resolution): each step calls them a few times, and per-call overhead is most of these steps.
+_mse_loss = torch._C._nn.mse_loss
+_nll_loss = torch._C._nn.nll_loss
+_log_softmax = torch._log_softmax
+threshold_backward = aten.threshold_backward.default._op  # (grad, output, threshold)
+sigmoid_backward_op = aten.sigmoid_backward.default._op  # (grad, output)
 
 
 # --- backward building blocks -----------------------------------------------------------------
@@ -76,6 +83,82 @@ def mse_with_grad(prediction: torch.Tensor, target: torch.Tensor):
     return loss, diff.mul_(2.0 / diff.numel())
 
 
+class FusedGrads:
+    """A workload's hand-derived gradients in the form the trainer runs every step.
+
+    ``bind(params, grads)`` is called once per trainer with the parameters and with
+    gradient tensors of the same shapes (views into the trainer's flat gradient buffer)
+    and returns ``step(x, y) -> loss``: the forward and the backward of one batch, writing
+    each gradient into its tensor (``out=`` variants) and returning the loss as a 0-dim
+    tensor.  Whatever does not change between steps (transposed weight views, column
+    views of biases, scale factors per batch size) is made once in ``bind``: a view or a
+    wrapped Python scalar costs a dispatcher call on every step otherwise.
+
+    ``transposed``: the indices of 2-D parameters the trainer stores as ``W^T``
+    (contiguous ``(in, out)``): their gradient ``x^T g`` is then written in place by one
+    ``mm`` (MKL is 2-3x slower on ``g^T x`` with the long (N x 128) operand transposed), and
+    the forward reads ``W^T`` without a view.  The optimizers are elementwise: the layout
+    changes no value.
+
+    Called as ``fused_grads(params, x, y) -> (loss, grads)`` (the tests, ``Workload.fused_grads``'
+    contract) it binds fresh gradient tensors and runs one step: the same code."""
+
+    def __init__(self, bind, transposed=()):
+        self.bind = bind
+        self.transposed = frozenset(transposed)
+
+    def empty_grads(self, params):
+        return [torch.empty(tuple(reversed(p.shape)), dtype=p.dtype, device=p.device).t() if i in self.transposed
+                else torch.empty(p.shape, dtype=p.dtype, device=p.device) for i, p in enumerate(params)]
+
+    def __call__(self, params, x, y):
+        grads = self.empty_grads(params)
+        loss = self.bind(list(params), grads)(x, y)
+        return loss, grads
+
+
+class MseGrad:
+    """``MSELoss()`` and its gradient in place: ``loss = mse_loss(y_hat, y)`` (autograd's
+    forward, the same value), then ``y_hat`` becomes ``(y_hat - y) * (2 / numel)`` (autograd's
+    ``mse_loss_backward``: ``norm * (a - b)``), with the factor a 0-dim tensor made once per
+    batch size (a Python float would be wrapped into a tensor on every call)."""
+
+    def __init__(self):
+        self.scales = {}
+
+    def __call__(self, prediction: torch.Tensor, target: torch.Tensor):
+        loss = _mse_loss(prediction, target, 1)  # reduction: mean (the binding has no default)
+        n = prediction.numel()
+        scale = self.scales.get(n)
+        if scale is None:
+            scale = self.scales[n] = torch.tensor(2.0 / n, dtype=prediction.dtype, device=prediction.device)
+        return loss, prediction.sub_(target).mul_(scale)
+
+
+class CrossEntropyGradT:
+    """:func:`cross_entropy_with_grad_t` with what depends only on the batch size made once
+    per size (the ``-1`` row scattered at the targets, ``N`` as a 0-dim tensor), ATen's
+    functions called below their Python wrappers (``_log_softmax``, ``_nn.nll_loss``), and
+    the softmax computed in place of the log-probabilities.  The same operations, values
+    and order as :func:`cross_entropy_with_grad_t`."""
+
+    def __init__(self):
+        self.per_n = {}
+
+    def __call__(self, logits_t: torch.Tensor, target: torch.Tensor):
+        n = logits_t.shape[1]
+        consts = self.per_n.get(n)
+        if consts is None:
+            consts = self.per_n[n] = (logits_t.new_full((1, n), -1.0),
+                                      torch.tensor(n, dtype=logits_t.dtype, device=logits_t.device),
+                                      torch.tensor(-n, dtype=logits_t.dtype, device=logits_t.device))
+        log_p = _log_softmax(logits_t, 0, False)
+        index = target.unsqueeze(0)
+        loss = log_p.gather(0, index).sum().div_(consts[2])  # -mean log p(target)
+        grad = log_p.exp_().scatter_add_(0, index, consts[0])
+        return loss, grad.div_(consts[1])
+
+
 # --- batches ----------------------------------------------------------------------------------
 
 
@@ -112,14 +195,26 @@ class PreIndexedBatcher:
 
 class FusedSGD:
     """``torch.optim.SGD``: with weight decay ``g += weight_decay * p`` first; ``p -= lr * g``;
-    with momentum ``b = g`` on the first step, then ``b = momentum * b + g``, and ``p -= lr * b``."""
+    with momentum ``b = g`` on the first step, then ``b = momentum * b + g``, and ``p -= lr * b``.
+
+    The trainer holds one flat parameter buffer: :meth:`apply` updates it with one in-place
+    op per arithmetic step (torch.optim's single-tensor order; a ``_foreach`` op over a list of
+    one tensor is the same op behind a second dispatch).  ``__call__(grads)`` takes a list
+    (several tensors: ``_foreach`` ops)."""
 
     def __init__(self, params: List[torch.Tensor], spec: OptimizerSpec, capturable: bool = False):
         self.params, self.lr, self.momentum = params, spec.lr, spec.momentum
         self.weight_decay = spec.weight_decay
         self.buffers = None
+        self._flat = params[0] if len(params) == 1 else None
+        self._neg_lr = -spec.lr
+        self._buffer = None
+        # momentum as a 0-dim tensor: mul_ by a Python float wraps it into a tensor every call
+        self._momentum = torch.tensor(spec.momentum, dtype=params[0].dtype, device=params[0].device)
 
     def __call__(self, grads: List[torch.Tensor]) -> None:
+        if self._flat is not None:
+            return self.apply(grads[0])
         if self.weight_decay:  # the gradients are this step's own buffers: decayed in place
             torch._foreach_add_(grads, self.params, alpha=self.weight_decay)
         if self.momentum:
@@ -131,6 +226,21 @@ class FusedSGD:
             grads = self.buffers
         torch._foreach_add_(self.params, grads, alpha=-self.lr)
 
+    def apply(self, grad: torch.Tensor) -> None:
+        """The update of the single flat parameter tensor from its flat gradient ``grad``
+        (decayed in place: it is the step's own buffer)."""
+        if self.weight_decay:
+            grad.add_(self._flat, alpha=self.weight_decay)
+        if self.momentum:
+            buffer = self._buffer
+            if buffer is None:
+                buffer = self._buffer = grad.clone()
+                self.buffers = [buffer]
+            else:
+                buffer.mul_(self._momentum).add_(grad)
+            grad = buffer
+        self._flat.add_(grad, alpha=self._neg_lr)
+
     def state(self) -> dict:
         return {"momentum_buffer": self.buffers}
 
@@ -140,6 +250,9 @@ class FusedAdam:
     single-tensor implementation's order: with weight decay ``g += weight_decay * p`` first
     (the L2 penalty, before the moments), ``m.lerp_(g, 1-b1)``, ``v = b2 v + (1-b2) g g``,
     ``denom = sqrt(v) / sqrt(1-b2^t) + eps``, ``p -= lr / (1-b1^t) * m / denom``.
+
+    On the trainer's single flat buffer (:meth:`apply`): one in-place op per arithmetic step,
+    ``sqrt`` into a buffer kept across steps, the constant factors as 0-dim tensors.
 
     ``capturable=True`` (CUDA graphs): the step count is a 0-dim tensor on the device and
     the update is torch.optim's capturable order, ``denom = sqrt(v) / (sqrt(1-b2^t) * -s)
@@ -154,8 +267,15 @@ class FusedAdam:
         self.v = [torch.zeros_like(p) for p in params]
         self.capturable = capturable
         self.t = step_counter(params[0].device) if capturable else 0
+        self._flat = params[0] if len(params) == 1 and not capturable else None
+        if self._flat is not None:
+            self._denom = torch.empty_like(self._flat)
+            scalar = lambda value: torch.tensor(value, dtype=self._flat.dtype, device=self._flat.device)
+            self._beta2, self._eps = scalar(self.beta2), scalar(eps)
 
     def __call__(self, grads: List[torch.Tensor]) -> None:
+        if self._flat is not None:
+            return self.apply(grads[0])
         b1, b2 = self.beta1, self.beta2
         if self.weight_decay:
             torch._foreach_add_(grads, self.params, alpha=self.weight_decay)
@@ -178,6 +298,19 @@ class FusedAdam:
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(self.params, self.m, denom, -step_size)
 
+    def apply(self, grad: torch.Tensor) -> None:
+        """The update of the single flat parameter tensor from its flat gradient ``grad``."""
+        p, m, v = self._flat, self.m[0], self.v[0]
+        if self.weight_decay:
+            grad.add_(p, alpha=self.weight_decay)
+        m.lerp_(grad, 1 - self.beta1)
+        v.mul_(self._beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        self.t += 1
+        step = float(self.t)
+        denom = torch.sqrt(v, out=self._denom)
+        denom.div_((1 - self.beta2**step) ** 0.5).add_(self._eps)
+        p.addcdiv_(m, denom, value=-(self.lr / (1 - self.beta1**step)))
+
     def state(self) -> dict:
         return {"step": self.t, "exp_avg": self.m, "exp_avg_sq": self.v}
 
@@ -187,11 +320,16 @@ FUSED_OPTIMIZERS = {"sgd": FusedSGD, "adam": FusedAdam}
 
 class FusedTrainer:
     """Plain tensors (no ``requires_grad``), the workload's hand-derived gradients and an
-    in-place update, all under ``torch.no_grad()``.
+    in-place update.
 
-    The parameters are views into one flat buffer: a step concatenates the gradients
-    once and updates the whole model with one operation per arithmetic step of the
-    optimizer (elementwise, so the arithmetic is torch.optim's, value for value)."""
+    The parameters are views into one flat buffer, and so are the gradients (a second flat
+    buffer, kept across steps): a workload whose ``fused_grads`` is a :class:`FusedGrads`
+    writes each gradient in place (its ``transposed`` weights stored as ``W^T``), and the
+    optimizer updates the whole model with one operation per arithmetic step (elementwise,
+    so the arithmetic is torch.optim's, value for value).  Nothing in the step requires
+    grad, so no autograd graph is recorded without a ``no_grad`` context (whose enter and exit
+    cost about as much as two ATen calls per step).  Other gradient functions return their
+    gradients, concatenated into the buffer, under ``no_grad``."""
 
     def __init__(self, workload: Workload, params, placement, spec: OptimizerSpec):
         if workload.fused_grads is None:
@@ -200,18 +338,39 @@ class FusedTrainer:
         self.workload = workload
         self.grads_fn = workload.fused_grads
         self.names = list(params)
-        self.flat = torch.cat([p.detach().reshape(-1) for p in params.values()]).to(device)
-        self.numels = [p.numel() for p in params.values()]
-        self.params = [v.view(p.shape) for v, p in zip(self.flat.split(self.numels), params.values())]
+        transposed = getattr(self.grads_fn, "transposed", frozenset())
+        values = [p.detach() for p in params.values()]
+        stored = [v.t() if i in transposed else v for i, v in enumerate(values)]
+        self.flat = torch.cat([s.reshape(-1) for s in stored]).to(device)
+        self.numels = [p.numel() for p in values]
+        self.params = self._views(self.flat, stored, transposed)
+        self.grad_flat = torch.zeros_like(self.flat)
+        self.grads = self._views(self.grad_flat, stored, transposed)
+        self.transposed = transposed
+        bind = getattr(self.grads_fn, "bind", None)
+        self._grads = bind(self.params, self.grads) if bind is not None else self._returned_grads
         self.update = FUSED_OPTIMIZERS[spec.kind]([self.flat], spec, capturable=placement.captures_steps)
+        self._apply = getattr(self.update, "apply", None) if getattr(self.update, "_flat", None) is not None \
+            else (lambda grad: self.update([grad]))
+
+    def _views(self, flat, stored, transposed):
+        blocks = flat.split(self.numels)
+        return [b.view(s.shape).t() if i in transposed else b.view(s.shape)
+                for i, (b, s) in enumerate(zip(blocks, stored))]
+
+    def _returned_grads(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            loss, grads = self.grads_fn(self.params, xb, yb)
+            torch.cat([g.t().reshape(-1) if i in self.transposed else g.reshape(-1) for i, g in enumerate(grads)],
+                      out=self.grad_flat)
+        return loss
 
     def flat_grad(self, grads: List[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([g.reshape(-1) for g in grads])
+        return torch.cat([g.t().reshape(-1) if i in self.transposed else g.reshape(-1) for i, g in enumerate(grads)])
 
-    @torch.no_grad()
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        loss, grads = self.grads_fn(self.params, xb, yb)
-        self.update([self.flat_grad(grads)])
+        loss = self._grads(xb, yb)
+        self._apply(self.grad_flat)
         return loss
 
     @torch.no_grad()
@@ -219,17 +378,17 @@ class FusedTrainer:
         return self.workload.raw_forward(self.params, x)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        return OrderedDict((n, p.detach().clone()) for n, p in zip(self.names, self.params))
+        return OrderedDict((n, p.detach().clone(memory_format=torch.contiguous_format))
+                           for n, p in zip(self.names, self.params))
 
 
 class ShardedFusedTrainer(FusedTrainer):
     """``fused`` under DDP: each rank's shard-mean gradients, weighted by the shard's share
     of the global batch, summed over ranks with one ``all_reduce`` of a flat buffer."""
 
-    @torch.no_grad()
     def step(self, xb: torch.Tensor, yb: torch.Tensor, share: float) -> torch.Tensor:
-        loss, grads = self.grads_fn(self.params, xb, yb)
-        flat = self.flat_grad(grads).mul_(share)
+        loss = self._grads(xb, yb)
+        flat = self.grad_flat.mul_(share)
         torch.distributed.all_reduce(flat)  # sum of share-weighted shard gradients
-        self.update([flat])
+        self._apply(flat)
         return loss * share

@@ -18,7 +18,7 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, standardise, to_split
-from .fused import linear_backward, mse_with_grad
+from .fused import FusedGrads, MseGrad
 from .losses import mse, raw_mse
 from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
 from .styles import NotesLoop, SlicedAsWritten
@@ -70,27 +70,40 @@ def one_hidden_layer_raw(activation):
     return raw_forward
 
 
-def one_hidden_layer_fused(activation, activation_backward):
-    """The hand-derived forward + backward of both "from raw" methods with an MSE loss:
+def one_hidden_layer_fused(activation_, activation_backward):
+    """The hand-derived forward + backward of both "from raw" methods with an MSE loss
+    (``activation_``: the in-place activation, ``activation_backward(grad, output)``):
     ``d = 2 (y_hat - y) / N`` through ``fc2``, the activation's derivative (from its
     output), then ``fc1``.
 
-    ``fc1``'s weight gradient is computed as ``(x^T g)^T``, not ``g^T x``: the same sum, but
-    MKL's kernel for a transposed (N, 128) left operand measured 2.2x (float64) to 3.4x
-    (float32) slower than for the transposed (N, 5) one."""
+    ``fc1``'s weight is stored transposed by the trainer (``FusedGrads(transposed=(0,))``):
+    its gradient is ``x^T g`` written in place, not ``g^T x``: the same sum, but MKL's kernel
+    for a transposed (N, 128) left operand measured 2.2x (float64) to 3.4x (float32)
+    slower than for the transposed (N, 5) one."""
 
-    def fused_grads(params, x, y):
+    def bind(params, grads):
         weights1, biases1, weights2, biases2 = params
-        hidden = activation(torch.addmm(biases1, x, weights1.t()))
-        loss, d_out = mse_with_grad(torch.addmm(biases2, hidden, weights2.t()), y)
-        d_hidden, g_w2, g_b2 = linear_backward(d_out, hidden, weights2)
-        g_hidden = activation_backward(d_hidden, hidden)
-        return loss, [x.t().mm(g_hidden).t(), g_hidden.sum(0), g_w2, g_b2]
+        g_w1, g_b1, g_w2, g_b2 = grads
+        w1_t, w2_t, g_w1_t = weights1.t(), weights2.t(), g_w1.t()
+        addmm, mm, total = torch.addmm, torch.mm, torch.sum
+        mse = MseGrad()
 
-    return fused_grads
+        def step(x, y):
+            hidden = activation_(addmm(biases1, x, w1_t))
+            loss, d_out = mse(addmm(biases2, hidden, w2_t), y)
+            mm(d_out.t(), hidden, out=g_w2)
+            total(d_out, 0, out=g_b2)
+            g_hidden = activation_backward(mm(d_out, weights2), hidden)
+            mm(x.t(), g_hidden, out=g_w1_t)
+            total(g_hidden, 0, out=g_b1)
+            return loss
+
+        return step
+
+    return FusedGrads(bind, transposed=(0,))
 
 
-def relu_fused_grads(params, x, y):
+def bind_relu_fused(params, grads):
     """mlp_sgd's step (ReLU), with fewer passes over the (N, 128) float64 activations.
 
     With ``m = (hidden > 0)`` (the ReLU's derivative), ``d`` the (N, 1) output gradient and
@@ -98,15 +111,46 @@ def relu_fused_grads(params, x, y):
     ``dW1[j, k] = w2[j] sum_i m[i, j] d[i] x[i, k]`` and ``db1[j] = w2[j] sum_i m[i, j] d[i]``:
     one (6, N) x (N, 128) product of ``[d x, d]`` with the mask, scaled by ``w2``, instead of
     materialising ``d w2`` (N x 128), masking it (``threshold_backward``), and reducing it
-    twice.  The ReLU runs in place on ``addmm``'s output.  Same sums in another order: the
-    gradients agree with autograd's to ~1e-15 relative (float64)."""
+    twice.  ``fc1``'s weight is stored transposed (``W1^T``, (5, 128)) and is followed by its
+    bias in the flat buffer, so that product is written in place into the (6, 128) block of
+    ``[dW1^T; db1]``.  The ReLU runs in place on ``addmm``'s output.  Same sums in another order:
+    the gradients agree with autograd's to ~1e-15 relative (float64)."""
     weights1, biases1, weights2, biases2 = params
-    hidden = torch.addmm(biases1, x, weights1.t()).clamp_min_(0)
-    loss, d = mse_with_grad(torch.addmm(biases2, hidden, weights2.t()), y)
-    g_w2 = d.t().mm(hidden)
-    mask = hidden.sign()  # 1 where the ReLU passed its input, else 0 (hidden >= 0)
-    g = torch.cat([x, torch.ones_like(d)], 1).mul_(d).t().mm(mask).mul_(weights2)  # (6, 128)
-    return loss, [g[:-1].t(), g[-1], g_w2, d.sum(0)]
+    g_w1, g_b1, g_w2, g_b2 = grads
+    w1_t, w2_t = weights1.t(), weights2.t()
+    g_w1_t = g_w1.t()
+    inputs = weights1.shape[1]
+    if g_b1.data_ptr() == g_w1_t.data_ptr() + g_w1_t.numel() * g_w1_t.element_size() and g_w1_t.is_contiguous():
+        block = torch.as_strided(g_w1_t, (inputs + 1, g_w1_t.shape[1]), (g_w1_t.shape[1], 1))  # [dW1^T; db1]
+    else:
+        block = None
+    addmm, mm, total, cat = torch.addmm, torch.mm, torch.sum, torch.cat
+    mse = MseGrad()
+    augmented = {}  # batch size -> ((N, 1) ones, (N, 6) buffer for [x, 1])
+
+    def step(x, y):
+        hidden = addmm(biases1, x, w1_t).clamp_min_(0)
+        loss, d = mse(addmm(biases2, hidden, w2_t), y)
+        mm(d.t(), hidden, out=g_w2)
+        total(d, 0, out=g_b2)
+        mask = hidden.sign()  # 1 where the ReLU passed its input, else 0 (hidden >= 0)
+        n = x.shape[0]
+        buffers = augmented.get(n)
+        if buffers is None:
+            buffers = augmented[n] = (x.new_ones((n, 1)), x.new_empty((n, inputs + 1)))
+        a = cat((x, buffers[0]), 1, out=buffers[1]).mul_(d)  # [d x, d]
+        if block is not None:
+            mm(a.t(), mask, out=block).mul_(weights2)
+        else:
+            g = mm(a.t(), mask).mul_(weights2)
+            g_w1_t.copy_(g[:-1])
+            g_b1.copy_(g[-1])
+        return loss
+
+    return step
+
+
+relu_fused_grads = FusedGrads(bind_relu_fused, transposed=(0,))
 
 
 def randn_init(model: nn.Module) -> None:

@@ -16,7 +16,7 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, standardise, to_split
-from .fused import linear_backward, mse_with_grad
+from .fused import FusedGrads, MseGrad
 from .losses import mse, raw_mse
 from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
 from .styles import AsWrittenModuleTrainer, NotesDataLoader, as_written_module
@@ -57,12 +57,26 @@ def raw_forward(params, x):
     return x.mm(w.t()) + b
 
 
-def fused_grads(params, x, y):
-    """``Linear(5, 1)`` and MSE by hand: ``d = 2 (x w^T + b - y) / N``, ``dw = d^T x``, ``db = sum d``."""
+def bind_fused(params, grads):
+    """``Linear(5, 1)`` and MSE by hand, written into ``grads``: ``d = 2 (x w^T + b - y) / N``
+    (in place of the prediction), ``dw = d^T x``, ``db = sum d``; the loss is autograd's
+    ``mse_loss`` of the same prediction."""
     w, b = params
-    loss, d = mse_with_grad(torch.addmm(b, x, w.t()), y)
-    _, g_w, g_b = linear_backward(d, x, w, need_input=False)
-    return loss, [g_w, g_b]
+    g_w, g_b = grads
+    w_t = w.t()
+    addmm, mm, total = torch.addmm, torch.mm, torch.sum
+    mse = MseGrad()
+
+    def step(x, y):
+        loss, d = mse(addmm(b, x, w_t), y)
+        mm(d.t(), x, out=g_w)
+        total(d, 0, out=g_b)
+        return loss
+
+    return step
+
+
+fused_grads = FusedGrads(bind_fused)
 
 
 class AsWritten(AsWrittenModuleTrainer):

@@ -7,7 +7,6 @@ well under a second each, both peers), so that the whole command -- tables,
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -20,19 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _main(argv):
-    """The CLI with compare/converge, whether or not cli.py registers them yet."""
-    if "compare" in cli.COMMANDS:
-        return cli.main(argv)
-    parser = argparse.ArgumentParser(prog="torchloops")
-    sub = parser.add_subparsers(dest="command", required=True)
-    handlers = compare.add_commands(sub)
-    try:
-        args = parser.parse_args(argv)
-        return handlers[args.command](args)
-    except SystemExit as exit_:  # argparse's own error exit
-        return exit_.code
-    except W.UsageError:
-        return 2
+    return cli.main(argv)
 
 
 def test_every_workload_has_peers():
@@ -168,7 +155,6 @@ def test_compare_rejects_bad_input_before_running(tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
 
 
-@pytest.mark.skipif("compare" not in cli.COMMANDS, reason="cli.py does not register compare/converge yet")
 def test_cli_registers_compare_and_converge():
     assert {"compare", "converge"} <= set(cli.COMMANDS)
     assert cli.main(["compare", "--seeds", "0"]) == 2

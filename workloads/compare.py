@@ -50,7 +50,7 @@ from .placements import PLACEMENTS
 from .references import REFERENCE_DIR, load_reference, reference_path, typical_seed  # noqa: F401 (re-exported)
 from .registry import WORKLOADS, UsageError
 from .interleave import paired_records, run_interleaved
-from .runner import BLOCK_STEPS, Unavailable, configure, run
+from .runner import BLOCK_STEPS, MAX_SEED, Unavailable, configure, run
 from .stats import Estimate, format_ratio, median_interval, two_sample_ratio, verdict
 from .styles import STYLES
 
@@ -235,8 +235,8 @@ def cmd_converge(args) -> int:
         cap = check_cap(reference)
         steps = cap if steps is None else min(steps, cap)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    if seeds[-1] > 2**32 - 1:
-        raise UsageError("--seed + --seeds goes past the largest seed 4294967295")
+    if seeds[-1] > MAX_SEED:
+        raise UsageError(f"--seed + --seeds goes past the largest seed {MAX_SEED}")
     started = time.perf_counter()
     try:
         runs = converge_runs(args.workload, seeds, style=args.style, device=args.device, lr=args.lr,
@@ -432,8 +432,8 @@ def _plan(args) -> dict:
         wl = WORKLOADS.get(name)
         first = args.seed if args.seed is not None else typical_seed(name)
         seeds = list(range(first, first + args.seeds))
-        if seeds[-1] > 2**32 - 1:
-            raise UsageError("--seed + --seeds goes past the largest seed 4294967295")
+        if seeds[-1] > MAX_SEED:
+            raise UsageError(f"--seed + --seeds goes past the largest seed {MAX_SEED}")
         entry = {"workload": wl, "seeds": seeds, "typical_seed": args.seed is None, "configs": []}
         for device in devices:
             placement = PLACEMENTS.get(device)

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 
 from .registry import UsageError
 
-MAX_SEED = 2**32 - 1  # sklearn's random_state range
+from .data import MAX_SEED  # noqa: E402  (sklearn's random_state range, defined once)
 
 
 def positive_int(text: str) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from sklearn import model_selection, preprocessing
 
+MAX_SEED = 2**32 - 1  # sklearn's random_state range: the largest --seed
 TEST_SIZE = 0.2  # every workload's held-out share, as documented
 
 BatchEntry = Union[slice, torch.Tensor]

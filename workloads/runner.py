@@ -27,12 +27,11 @@ from typing import Callable, List, Optional
 import torch
 from sklearn import metrics as sk_metrics
 
-from .data import Split, batch_plan, seeds, steps_per_epoch
+from .data import MAX_SEED, Split, batch_plan, seeds, steps_per_epoch
 from .placements import PLACEMENTS
 from .registry import UsageError, Workload, get_workload
 from .styles import STYLES
 
-MAX_SEED = 2**32 - 1  # sklearn's random_state range
 MAX_STEPS = 10_000_000  # 200x the longest documented run (classification, 50,000 steps)
 MAX_THREADS = 1024  # torch.set_num_threads far beyond this crashes the process (100,000: segfault)
 

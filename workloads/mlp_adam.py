@@ -88,7 +88,7 @@ WORKLOAD = register_workload(
         build_sequential=lambda: one_hidden_layer_sequential(nn.Sigmoid()),
         raw_forward=one_hidden_layer_raw(torch.sigmoid),
         raw_loss=raw_mse,
-        fused_grads=one_hidden_layer_fused(torch.sigmoid_, sigmoid_backward_op),
+        fused_grads=one_hidden_layer_fused(torch.sigmoid, sigmoid_backward_op),
         criterion=nn.MSELoss,
         optimizer=OptimizerSpec("adam", lr=0.001),
         epochs=1000,

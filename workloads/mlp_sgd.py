@@ -70,7 +70,67 @@ def one_hidden_layer_raw(activation):
     return raw_forward
 
 
-def one_hidden_layer_fused(activation_, activation_backward):
+def stacked_weight_and_bias(g_w1_t: torch.Tensor, g_b1: torch.Tensor):
+    """``[dW1^T; db1]`` as one ``(in + 1, out)`` tensor when the trainer's flat buffer holds
+    ``fc1``'s weight transposed and its bias right after it (``FusedGrads(transposed=(0,))``),
+    else None (separate gradient tensors, as ``FusedGrads.__call__`` makes them)."""
+    rows, cols = g_w1_t.shape
+    if not g_w1_t.is_contiguous() or g_b1.data_ptr() != g_w1_t.data_ptr() + g_w1_t.numel() * g_w1_t.element_size():
+        return None
+    return torch.as_strided(g_w1_t, (rows + 1, cols), (cols, 1))
+
+
+class AugmentedInputs:
+    """Per batch size, an ``(N, in + 1)`` buffer whose last column is ones, its first ``in``
+    columns (where each batch is copied) and its transpose (views made once): ``[x, 1]^T g``
+    is then one product for ``fc1``'s weight and bias gradients (``[dW1^T; db1]``) instead of a
+    product and a column sum."""
+
+    def __init__(self):
+        self.per_n = {}
+
+    def get(self, n: int, like: torch.Tensor):
+        """``([x, 1]``'s first ``in`` columns, ``[x, 1]^T)`` for batches of ``n`` rows."""
+        views = self.per_n.get(n)
+        if views is None:
+            buffer = like.new_ones((n, like.shape[1] + 1))
+            views = self.per_n[n] = (buffer, buffer[:, :-1], buffer.t())
+        return views[1:]
+
+    def __call__(self, x: torch.Tensor):
+        """The ``(N, in + 1)`` buffer holding ``[x, 1]``, its first columns and its transpose."""
+        self.get(x.shape[0], x)
+        views = self.per_n[x.shape[0]]
+        views[1].copy_(x)
+        return views
+
+
+def weight_row_and_bias(g_w2: torch.Tensor, g_b2: torch.Tensor):
+    """``[dW2 | db2]`` as one ``(1, in + 1)`` tensor for a one-output layer whose bias follows its
+    weight in the trainer's flat buffer, else None."""
+    if g_w2.shape[0] != 1 or not g_w2.is_contiguous() or \
+            g_b2.data_ptr() != g_w2.data_ptr() + g_w2.numel() * g_w2.element_size():
+        return None
+    return torch.as_strided(g_w2, (1, g_w2.shape[1] + 1), (g_w2.shape[1] + 1, 1))
+
+
+class AugmentedHidden:
+    """Per batch size, an ``(N, hidden + 1)`` buffer whose last column is ones: its transpose
+    and its first ``hidden`` columns, where the activation writes (``out=``); ``[h, 1]^T d`` is
+    then one product for the output layer's weight and bias gradients (``[dW2 | db2]``)."""
+
+    def __init__(self):
+        self.per_n = {}
+
+    def get(self, n: int, like: torch.Tensor, width: int):
+        views = self.per_n.get(n)
+        if views is None:
+            buffer = like.new_ones((n, width + 1))
+            views = self.per_n[n] = (buffer.t(), buffer[:, :-1])
+        return views
+
+
+def one_hidden_layer_fused(activation, activation_backward):
     """The hand-derived forward + backward of both "from raw" methods with an MSE loss
     (``activation_``: the in-place activation, ``activation_backward(grad, output)``):
     ``d = 2 (y_hat - y) / N`` through ``fc2``, the activation's derivative (from its
@@ -85,17 +145,35 @@ def one_hidden_layer_fused(activation_, activation_backward):
         weights1, biases1, weights2, biases2 = params
         g_w1, g_b1, g_w2, g_b2 = grads
         w1_t, w2_t, g_w1_t = weights1.t(), weights2.t(), g_w1.t()
+        block = stacked_weight_and_bias(g_w1_t, g_b1)  # [dW1^T; db1] in the trainer's layout
+        row = weight_row_and_bias(g_w2, g_b2)  # [dW2 | db2]
+        if row is not None:
+            row = row.view(-1, 1)  # the same memory as a column
+        width = weights1.shape[0]
         addmm, mm, total = torch.addmm, torch.mm, torch.sum
-        mse = MseGrad()
+        mse, augmented, hidden_buffers = MseGrad(), AugmentedInputs(), AugmentedHidden()
+        per_n = {}  # batch size -> ([h, 1]^T, h, [x, 1]'s first columns, [x, 1]^T): views made once
 
         def step(x, y):
-            hidden = activation_(addmm(biases1, x, w1_t))
+            n = x.shape[0]
+            views = per_n.get(n)
+            if views is None:
+                views = per_n[n] = hidden_buffers.get(n, x, width) + augmented.get(n, x)
+            with_ones_t, hidden, x_ones, x_ones_t = views
+            activation(addmm(biases1, x, w1_t), out=hidden)  # [h, 1]
             loss, d_out = mse(addmm(biases2, hidden, w2_t), y)
-            mm(d_out.t(), hidden, out=g_w2)
-            total(d_out, 0, out=g_b2)
+            if row is not None:
+                mm(with_ones_t, d_out, out=row)  # [h, 1]^T d: [dW2 | db2] as a column
+            else:
+                mm(d_out.t(), hidden, out=g_w2)
+                total(d_out, 0, out=g_b2)
             g_hidden = activation_backward(mm(d_out, weights2), hidden)
-            mm(x.t(), g_hidden, out=g_w1_t)
-            total(g_hidden, 0, out=g_b1)
+            if block is not None:
+                x_ones.copy_(x)
+                mm(x_ones_t, g_hidden, out=block)  # [x, 1]^T g: [dW1^T; db1]
+            else:
+                mm(x.t(), g_hidden, out=g_w1_t)
+                total(g_hidden, 0, out=g_b1)
             return loss
 
         return step
@@ -119,14 +197,10 @@ def bind_relu_fused(params, grads):
     g_w1, g_b1, g_w2, g_b2 = grads
     w1_t, w2_t = weights1.t(), weights2.t()
     g_w1_t = g_w1.t()
-    inputs = weights1.shape[1]
-    if g_b1.data_ptr() == g_w1_t.data_ptr() + g_w1_t.numel() * g_w1_t.element_size() and g_w1_t.is_contiguous():
-        block = torch.as_strided(g_w1_t, (inputs + 1, g_w1_t.shape[1]), (g_w1_t.shape[1], 1))  # [dW1^T; db1]
-    else:
-        block = None
-    addmm, mm, total, cat = torch.addmm, torch.mm, torch.sum, torch.cat
-    mse = MseGrad()
-    augmented = {}  # batch size -> ((N, 1) ones, (N, 6) buffer for [x, 1])
+    block = stacked_weight_and_bias(g_w1_t, g_b1)  # [dW1^T; db1] in the trainer's layout
+    addmm, mm, total, mul = torch.addmm, torch.mm, torch.sum, torch.mul
+    mse, augmented = MseGrad(), AugmentedInputs()
+    scaled = {}  # batch size -> (N, in + 1) buffer for [d x, d] and its transpose
 
     def step(x, y):
         hidden = addmm(biases1, x, w1_t).clamp_min_(0)
@@ -134,15 +208,16 @@ def bind_relu_fused(params, grads):
         mm(d.t(), hidden, out=g_w2)
         total(d, 0, out=g_b2)
         mask = hidden.sign()  # 1 where the ReLU passed its input, else 0 (hidden >= 0)
-        n = x.shape[0]
-        buffers = augmented.get(n)
-        if buffers is None:
-            buffers = augmented[n] = (x.new_ones((n, 1)), x.new_empty((n, inputs + 1)))
-        a = cat((x, buffers[0]), 1, out=buffers[1]).mul_(d)  # [d x, d]
+        x1 = augmented(x)[0]
+        views = scaled.get(x1.shape[0])
+        if views is None:
+            buffer = torch.empty_like(x1)
+            views = scaled[x1.shape[0]] = (buffer, buffer.t())
+        mul(x1, d, out=views[0])  # [d x, d]
         if block is not None:
-            mm(a.t(), mask, out=block).mul_(weights2)
+            mm(views[1], mask, out=block).mul_(weights2)
         else:
-            g = mm(a.t(), mask).mul_(weights2)
+            g = mm(views[1], mask).mul_(weights2)
             g_w1_t.copy_(g[:-1])
             g_b1.copy_(g[-1])
         return loss

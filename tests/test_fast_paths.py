@@ -65,6 +65,26 @@ def test_fused_trainer_keeps_no_graph_and_updates_in_place(workload):
     assert list(trainer.state_dict()) == list(W.initial_parameters(W.get_workload(workload), 0))
 
 
+def test_fused_trainer_writes_the_gradients_of_fused_grads_into_its_flat_buffer(workload):
+    """The trainer's own layout (fc1's weight stored transposed, ``[W^T; b]`` blocks written by
+    one product, gradients as views of one flat buffer) computes the loss and gradients that
+    ``fused_grads`` returns as separate tensors (the form checked against autograd above), and
+    its state dict is in nn.Linear's layout, contiguous."""
+    config = W.configure(workload, "fused", "cpu", 0, steps=1)
+    trainer, batcher, _plan, _split = build(config)
+    xb, yb = next(iter(batcher.epoch(0)))
+    params = [p.clone(memory_format=torch.contiguous_format) for p in trainer.params]
+    want_loss, want = trainer.grads_fn(params, xb, yb)
+    loss = trainer._grads(xb, yb)
+    tol = TOL[W.get_workload(workload).dtype]
+    torch.testing.assert_close(loss, want_loss, **tol)
+    for name, got, expected in zip(trainer.names, trainer.grads, want):
+        torch.testing.assert_close(got, expected, **tol, msg=lambda m: f"{workload} {name}: {m}")
+    initial = W.initial_parameters(W.get_workload(workload), 0)
+    for (name, value), (_, start) in zip(trainer.state_dict().items(), initial.items()):
+        assert value.is_contiguous() and value.shape == start.shape and torch.equal(value, start), name
+
+
 def test_tuned_uses_fastest_optimizer_set_to_none_and_inference_mode(workload):
     config = W.configure(workload, "tuned", "cpu", 0, steps=2)
     trainer, batcher, _plan, split = build(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+import torch
 
 import workloads as W
 
@@ -30,3 +31,13 @@ def default_sigint() -> None:
     never see the signal.  The test sets its child's disposition itself.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def one_thread():
+    """torch.set_num_threads(1) for the test, restored after (a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

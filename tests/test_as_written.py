@@ -29,12 +29,7 @@ SECTIONS = {  # the note's section each as-written loop comes from
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def built(workload, steps, **kwargs):

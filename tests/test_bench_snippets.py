@@ -17,12 +17,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import snippets  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("batch_size", [1, 32])

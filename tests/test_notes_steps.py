@@ -47,14 +47,6 @@ def test_lenet_manual_update_equals_optimizer_step():
         assert not torch.equal(a, start)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_network_vector_jacobian_product_out_backward_v(one_thread):
     """The notes' ``net.zero_grad(); out.backward(torch.randn(1, 10))`` on LeNet: the parameter
     (and input) gradients are the vector-Jacobian product vᵀ J of the network's output, as

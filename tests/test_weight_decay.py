@@ -8,7 +8,6 @@ command line, and the run record.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -24,12 +23,7 @@ from workloads.registry import OptimizerSpec
 NOTES_WEIGHT_DECAY = 0.0001  # optim.Adam(net.parameters(),weight_decay =0.0001)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lenet_steps(make, steps=6, seed=0):

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence
 
-from .console import check_json_path, comparison_cell, format_table, seconds_interval, positive_float, positive_int, progress_bar, seconds, write_json_atomic
+from .console import check_json_path, comparison_cell, format_table, progress_trackers, seconds_interval, positive_float, positive_int, progress_bar, seconds, write_json_atomic
 from .console import seed as seed_type
 from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, commands, compare, configure, distributed
 from .graphs import CaptureUnsafe
@@ -299,18 +299,9 @@ def _run_group(args, name: str, configs, main_process: bool):
     styles = [c.style.name for c in configs]
     reference = styles.index("module") if "module" in styles else 0
     bar = progress_bar(args.quiet or not main_process, f"{name}/{','.join(styles) if len(styles) < 3 else 'styles'}")
-    progress = None
     if bar is not None:
         bar.reset(total=sum(c.total_steps for c in configs))
-        done = [0] * len(configs)
-
-        def tracker(i):
-            def update(step, _total):
-                bar.update(step - done[i])
-                done[i] = step
-            return update
-
-        progress = [tracker(i) for i in range(len(configs))]
+    progress = progress_trackers(bar, len(configs))
     trained = {}
     hooks = [(lambda trainer: trained.update(trainer=trainer)) if args.save else None] * len(configs)
     try:

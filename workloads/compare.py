@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import peers as _peers
-from .console import check_json_path, format_table, seconds_interval, positive_float, positive_int, progress_bar, seconds, write_json_atomic
+from .console import check_json_path, format_table, progress_trackers, seconds_interval, positive_float, positive_int, progress_bar, seconds, write_json_atomic
 from .console import seed as seed_type
 from .flops import step_flops, throughputs
 from .placements import PLACEMENTS
@@ -477,17 +477,7 @@ def _run_workload(entry: dict, args, split) -> List[List[dict]]:
                         done.append(_peers.fit_peer(wl, peer, data, seed, args.threads))
 
         bar = progress_bar(args.quiet, f"{wl.name} seed {seed}", sum(c.total_steps for c in configs))
-        progress = None
-        if bar is not None:
-            seen = [0] * len(configs)
-
-            def tracker(i):
-                def update(step, _total):
-                    bar.update(step - seen[i])
-                    seen[i] = step
-                return update
-
-            progress = [tracker(i) for i in range(len(configs))]
+        progress = progress_trackers(bar, len(configs))
         try:
             results = run_interleaved(configs, reference=_reference_index(configs), progress=progress,
                                       between_rounds=fit_peers if peers else None)

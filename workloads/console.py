@@ -31,6 +31,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def progress_trackers(bar, count: int):
+    """One ``progress(step, total)`` callback per interleaved configuration, all advancing one
+    tqdm ``bar`` by each configuration's new steps (None without a bar)."""
+    if bar is None:
+        return None
+    done = [0] * count
+
+    def tracker(i):
+        def update(step, _total):
+            bar.update(step - done[i])
+            done[i] = step
+        return update
+
+    return [tracker(i) for i in range(count)]
+
+
 def positive_float(text: str) -> float:
     """argparse type: a positive finite number."""
     try:

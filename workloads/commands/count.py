@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .. import STYLES, WORKLOADS
-from ..console import check_json_path, format_table, positive_int, write_json_atomic
+from ..console import check_json_path, format_table, non_negative_int, positive_int, write_json_atomic
 from ..console import seed as seed_type
 
 EPILOG = """\
@@ -45,21 +45,12 @@ def add_parser(subparsers) -> None:
     c.add_argument("--style", default="all", choices=STYLES.names() + ["all"])
     c.add_argument("--steps", type=positive_int, default=None,
                    help=f"counted steps per configuration (default {DEFAULT_STEPS}; {_heavy(0)})")
-    c.add_argument("--warmup", type=_non_negative_int, default=None,
+    c.add_argument("--warmup", type=non_negative_int, default=None,
                    help=f"uncounted steps before the counted ones (default {DEFAULT_WARMUP}; {_heavy(1)})")
     c.add_argument("--seed", type=seed_type, default=0)
     c.add_argument("--json", metavar="PATH", help="write the list of count records here")
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
 
 
 def main(args) -> int:

@@ -9,24 +9,13 @@ See :mod:`workloads.profiling` and docs/profile.md.
 
 from __future__ import annotations
 
-import argparse
-
-from ..console import check_json_path, format_table, positive_int, seconds
+from ..console import check_json_path, format_table, non_negative_int, positive_int, seconds
 from ..console import seed as seed_type
 
 DEFAULT_STEPS = 50
 DEFAULT_WARMUP = 10
 DEFAULT_TOP = 15
 
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
 
 
 def add_parser(subparsers) -> None:
@@ -40,7 +29,7 @@ def add_parser(subparsers) -> None:
                    help="only cpu is profiled; another placement is listed as skipped")
     p.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
                    help=f"profiled steady-state steps (default {DEFAULT_STEPS})")
-    p.add_argument("--warmup", type=_non_negative_int, default=DEFAULT_WARMUP,
+    p.add_argument("--warmup", type=non_negative_int, default=DEFAULT_WARMUP,
                    help=f"unprofiled steps first (default {DEFAULT_WARMUP})")
     p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")

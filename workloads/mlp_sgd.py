@@ -191,24 +191,30 @@ def bind_relu_fused(params, grads):
     materialising ``d w2`` (N x 128), masking it (``threshold_backward``), and reducing it
     twice.  ``fc1``'s weight is stored transposed (``W1^T``, (5, 128)) and is followed by its
     bias in the flat buffer, so that product is written in place into the (6, 128) block of
-    ``[dW1^T; db1]``.  The ReLU runs in place on ``addmm``'s output.  Same sums in another order:
-    the gradients agree with autograd's to ~1e-15 relative (float64)."""
+    ``[dW1^T; db1]``; likewise the forward is one product ``[x, 1] [W1^T; b1]`` (``addmm``
+    copies the bias into its (N, 128) float64 output first: one pass over 800 KB less).  The
+    ReLU runs in place on the product.  Same sums in another order: the gradients agree with
+    autograd's to ~1e-15 relative (float64)."""
     weights1, biases1, weights2, biases2 = params
     g_w1, g_b1, g_w2, g_b2 = grads
     w1_t, w2_t = weights1.t(), weights2.t()
     g_w1_t = g_w1.t()
     block = stacked_weight_and_bias(g_w1_t, g_b1)  # [dW1^T; db1] in the trainer's layout
+    weights_and_bias = stacked_weight_and_bias(w1_t, biases1)  # [W1^T; b1], the same layout
     addmm, mm, total, mul = torch.addmm, torch.mm, torch.sum, torch.mul
     mse, augmented = MseGrad(), AugmentedInputs()
     scaled = {}  # batch size -> (N, in + 1) buffer for [d x, d] and its transpose
 
     def step(x, y):
-        hidden = addmm(biases1, x, w1_t).clamp_min_(0)
+        x1 = augmented(x)[0]  # [x, 1]
+        if weights_and_bias is not None:  # [x, 1] [W1^T; b1]: no (N, 128) pass copying the bias
+            hidden = mm(x1, weights_and_bias).clamp_min_(0)
+        else:
+            hidden = addmm(biases1, x, w1_t).clamp_min_(0)
         loss, d = mse(addmm(biases2, hidden, w2_t), y)
         mm(d.t(), hidden, out=g_w2)
         total(d, 0, out=g_b2)
         mask = hidden.sign()  # 1 where the ReLU passed its input, else 0 (hidden >= 0)
-        x1 = augmented(x)[0]
         views = scaled.get(x1.shape[0])
         if views is None:
             buffer = torch.empty_like(x1)

@@ -190,7 +190,7 @@ def part_counts(processes, workloads, folder):
     status, text = _diff(runs[0][1], planted_path, "--max-slowdown", "2")
     realised = {r["workload"]: r["instructions_per_step"] / per_config[r["workload"]]["counts"][0] - 1 for r in records}
     out = {"processes": processes, "per_config": per_config, "aa_pair_exit_statuses": pair_statuses,
-           "aa_false_alarms": pair_statuses.count(1) * len(workloads), "planted_ops": ops,
+           "aa_pairs_with_alarm": pair_statuses.count(1), "planted_ops": ops,
            "planted_realised": realised, "planted_diff_exit": status, "planted_diff_output": text,
            "wall_s": time.perf_counter() - started}
     worst = max(v["spread"] for v in per_config.values())
@@ -200,6 +200,11 @@ def part_counts(processes, workloads, folder):
     return out
 
 
+def _table(title: str, headers, rows) -> list:
+    return ["", title, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + \
+        ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def report(document: dict) -> str:
     """The study as Markdown tables (docs/measurement.md's "Noise study" section)."""
     out = [f"Measured {document['started']} on {document['machine']['platform']} "
@@ -207,44 +212,47 @@ def report(document: dict) -> str:
            f"`{document['command']}`" + (f"; {document['runs']} runs of {document['steps']} steps per row."
                                          if {"aa", "planted", "separate"} & set(document) else ".")]
     if "aa" in document:
-        out += ["", "**A/A in one run** (module vs sequential, interleaved; target: ≈ same in ≥ 95 % of runs, "
-                "point ratio within ±5 % in ≥ 95 %):", "",
-                "| workload | ≈ same | point ratios (min–max) | within ±5 % | median interval width |",
-                "|---|---|---|---|---|"]
-        for name, s in document["aa"].items():
-            out.append(f"| {name} | {s['verdicts']['same']}/{s['runs']} | {s['ratio_min']:.3f}–{s['ratio_max']:.3f} "
-                       f"| {s['within_5pct']}/{s['runs']} | {s['interval_width_median']:.3f} |")
+        out += _table("**A/A in one run** (module vs sequential, interleaved; target: ≈ same in ≥ 95 % of runs, "
+                      "point ratio within ±5 % in ≥ 95 %):",
+                      ("workload", "≈ same", "point ratios (min–max)", "within ±5 %", "median interval width"),
+                      [(name, f"{s['verdicts']['same']}/{s['runs']}", f"{s['ratio_min']:.3f}–{s['ratio_max']:.3f}",
+                        f"{s['within_5pct']}/{s['runs']}", f"{s['interval_width_median']:.3f}")
+                       for name, s in document["aa"].items()])
     if "planted" in document:
-        out += ["", "**Planted slowdowns, interleaved wall time** (detected = verdict \"slower\": the whole "
-                "interval above 1.03; target: planted 10 % detected in ≥ 95 %):", "",
-                "| workload, planted | realised ratio median (min–max) | detected |", "|---|---|---|"]
-        for key, s in document["planted"].items():
-            out.append(f"| {key} | {s['ratio_median']:.3f} ({s['ratio_min']:.3f}–{s['ratio_max']:.3f}) "
-                       f"| {s['detected']}/{s['runs']} |")
+        out += _table("**Planted slowdowns, interleaved wall time** (detected = verdict \"slower\": the whole "
+                      "interval above 1.03; target: planted 10 % detected in ≥ 95 %):",
+                      ("workload, planted", "realised ratio median (min–max)", "detected"),
+                      [(key, f"{s['ratio_median']:.3f} ({s['ratio_min']:.3f}–{s['ratio_max']:.3f})",
+                        f"{s['detected']}/{s['runs']}") for key, s in document["planted"].items()])
     if "separate" in document:
-        out += ["", "**A/A across separate runs** (`torchloops run W --style module --json` twice, then "
-                "`torchloops diff`, default `--max-slowdown 5`; a false alarm is exit 1):", "",
-                "| workload | false alarms | step-median ratios of the pairs (min–max) |", "|---|---|---|"]
-        for name, s in document["separate"].items():
-            out.append(f"| {name} | {s['false_alarms']}/{s['pairs']} | {s['ratio_min']:.3f}–{s['ratio_max']:.3f} |")
+        out += _table("**A/A across separate runs** (`torchloops run W --style module --json` twice, then "
+                      "`torchloops diff`, default `--max-slowdown 5`; a false alarm is exit 1):",
+                      ("workload", "false alarms", "step-median ratios of the pairs (min–max)"),
+                      [(name, f"{s['false_alarms']}/{s['pairs']}", f"{s['ratio_min']:.3f}–{s['ratio_max']:.3f}")
+                       for name, s in document["separate"].items()])
     counts = document.get("counts")
     if counts and "skipped" not in counts:
-        out += ["", f"**Instruction counts** ({counts['processes']} separate `count` processes of every "
-                "workload's module step; A/A pairs through `diff --max-slowdown 2`; a planted 3 % through "
-                "the same diff):", "",
-                "| workload | module instructions/step | spread over the processes | planted 3 % (realised) |",
-                "|---|---|---|---|"]
-        for name, s in counts["per_config"].items():
-            out.append(f"| {name} | {s['counts'][0]:,.0f} | {100 * s['spread']:.3f} % "
-                       f"| +{100 * counts['planted_realised'][name]:.2f} % |")
-        out += ["", f"A/A diff pairs: exit statuses {counts['aa_pair_exit_statuses']} "
-                f"({counts['aa_false_alarms']} false alarms in {len(counts['aa_pair_exit_statuses']) * len(counts['per_config'])} "
-                f"configuration pairs); planted 3 %: `diff --max-slowdown 2` exit {counts['planted_diff_exit']}."]
+        out += _table(f"**Instruction counts** ({counts['processes']} separate `count` processes of every "
+                      "workload's module step; A/A pairs through `diff --max-slowdown 2`; a planted 3 % through "
+                      "the same diff):",
+                      ("workload", "module instructions/step", "spread over the processes", "planted 3 % (realised)"),
+                      [(name, f"{s['counts'][0]:,.0f}", f"{100 * s['spread']:.3f} %",
+                        f"+{100 * counts['planted_realised'][name]:.2f} %") for name, s in counts["per_config"].items()])
+        statuses = counts["aa_pair_exit_statuses"]
+        out += ["", f"A/A diffs of process pairs: exit statuses {statuses} ({statuses.count(1)} of "
+                f"{len(statuses)} pairs raised an alarm); planted 3 %: `diff --max-slowdown 2` exit "
+                f"{counts['planted_diff_exit']}."]
     return "\n".join(out)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming what is valid, exit 2 (not argparse's usage block)
+        print(f"noise_study: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--steps", type=int, default=600)
@@ -255,7 +263,13 @@ def main(argv=None) -> int:
     parser.add_argument("--report", metavar="JSON", help="print the Markdown tables of a finished study and stop")
     args = parser.parse_args(argv)
     if args.report:
-        print(report(json.loads(Path(args.report).read_text())))
+        try:
+            document = json.loads(Path(args.report).read_text())
+            print(report(document))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"noise_study: error: --report {args.report!r} is not a noise study's JSON ({error})",
+                  file=sys.stderr)
+            return 2
         return 0
     parts = args.parts.split(",")
     unknown = [p for p in parts if p not in PARTS]

@@ -69,13 +69,20 @@ def main(argv) -> int:
     if len(argv) != 1:
         print("usage: python scripts/readme_tables.py RESULTS.json", file=sys.stderr)
         return 2
-    document = json.load(open(argv[0]))
+    try:
+        with open(argv[0]) as handle:
+            document = json.load(handle)
+        tables = front_table(document), styles_table(document)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        print(f"readme_tables: error: {argv[0]!r} is not a torchloops compare results.json ({error})",
+              file=sys.stderr)
+        return 2
     machine, versions = document["machine"], document["versions"]
     print(f"<!-- {machine['platform']}, {machine['cpu_count']} cores, torch {versions['torch']}, "
           f"threads {document['threads']}, {document['wall_s']:.0f} s -->\n")
-    print(front_table(document))
+    print(tables[0])
     print()
-    print(styles_table(document))
+    print(tables[1])
     return 0
 
 

@@ -8,6 +8,7 @@ well under a second each, both peers), so that the whole command -- tables,
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -153,6 +154,9 @@ def test_compare_rejects_bad_input_before_running(tmp_path, capsys):
     assert _main(["compare", "--seeds", "0", "--out", str(tmp_path / "b")]) == 2
     assert _main(["compare", "regression", "--out", str(blocker)]) == 2
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
+    if os.path.isdir("/proc"):  # os.access says root may write there; the filesystem refuses
+        with pytest.raises(W.UsageError, match="cannot create folders in '/proc'"):
+            compare._check_out_dir("/proc/torchloops-out")
 
 
 def test_cli_registers_compare_and_converge():

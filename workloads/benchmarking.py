@@ -195,7 +195,8 @@ class Prepared:
         self._epoch_ids = itertools.cycle(range(len(self.plan)))
         self._batches: Iterator = iter(())
 
-    def _next_batch(self):
+    def next_batch(self):
+        """The next batch of the plan, cycling over its epochs (untimed when called alone)."""
         while True:
             try:
                 return next(self._batches)
@@ -203,7 +204,7 @@ class Prepared:
                 self._batches = self.batcher.epoch(next(self._epoch_ids))
 
     def step(self) -> None:
-        batch = self._next_batch()
+        batch = self.next_batch()
         self.trainer.step(*batch)
         self.sync()
 
@@ -231,7 +232,7 @@ class Prepared:
         return self
 
     def _checked_step(self, index: int) -> None:
-        loss = self.trainer.step(*self._next_batch())
+        loss = self.trainer.step(*self.next_batch())
         self.sync()
         if not bool(torch.isfinite(loss).all()):
             c = self.config

@@ -37,6 +37,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -72,8 +73,12 @@ def _check_out_dir(path: str) -> None:
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK):
-        raise UsageError(f"--out {path!r}: {existing!r} is not writable")
+    if not os.path.isdir(existing):
+        raise UsageError(f"--out {path!r}: {existing!r} is not a directory")
+    try:  # a real probe: os.access says yes to root even where the filesystem refuses (/proc)
+        os.rmdir(tempfile.mkdtemp(prefix=".torchloops-probe-", dir=existing))
+    except OSError as error:
+        raise UsageError(f"--out {path!r}: cannot create folders in {existing!r} ({error.strerror})") from None
 
 
 def versions() -> dict:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -71,13 +71,6 @@ class Profile:
 
     def top(self) -> Optional[OpTime]:
         return self.ops[0] if self.ops else None
-
-
-def _batches(batcher, plan) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """The plan's batches in order; an epoch's iterator is created when its first batch is
-    asked for, as in the runner (the DataLoader's iterator creation is that step's time)."""
-    for index in range(len(plan)):
-        yield from batcher.epoch(index)
 
 
 def aten_table(events, steps: int, wall_s: float) -> Tuple[List[OpTime], float, float]:
@@ -138,7 +131,8 @@ def profile(workload: str, style: str = "module", *, steps: int = 50, warmup: in
     from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
 
-    from .runner import build, configure
+    from .benchmarking import Prepared
+    from .runner import configure
 
     needed = warmup + steps + 1  # + the step FlopCounterMode counts
     config = configure(workload, style, "cpu", seed, steps=needed, threads=threads)
@@ -150,29 +144,19 @@ def profile(workload: str, style: str = "module", *, steps: int = 50, warmup: in
     previous = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        trainer, batcher, plan, _split = build(config)
-        placement = config.placement
-        batches = _batches(batcher, plan)
-        placement.sync()
-
-        def step():
-            xb, yb = next(batches)
-            loss = trainer.step(xb, yb)
-            placement.sync()
-            return loss
-
+        prepared = Prepared(config)  # the runner's step: next batch, trainer.step, sync
         times = []
         for _ in range(warmup):
             clock = time.perf_counter()
-            step()
+            prepared.step()
             times.append(time.perf_counter() - clock)
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             clock = time.perf_counter()
             for _ in range(steps):
                 with record_function(STEP_LABEL):
-                    step()
+                    prepared.step()
             wall = time.perf_counter() - clock
-        flops = count_step_flops(trainer, next(batches))
+        flops = count_step_flops(prepared.trainer, prepared.next_batch())
         if trace is not None:
             _export_trace(prof, trace)
         ops, aten_s, profiled_step_s = aten_table(prof.events(), steps, wall)

@@ -196,6 +196,23 @@ class SliceBatcher:
         return ((X[e], y[e]) for e in self.plan[index])
 
 
+def index_lists(plan: List[List[BatchEntry]]) -> List[List[List[int]]]:
+    """The plan as a ``batch_sampler``'s index lists, made once, outside the timed region.
+    In-order batches repeat (classification's full batch 50,000 times): each distinct slice
+    becomes one shared list, not one list per step."""
+    shared: dict = {}
+
+    def index_list(entry: BatchEntry) -> List[int]:
+        if not isinstance(entry, slice):
+            return as_index_list(entry)
+        key = (entry.start, entry.stop)
+        if key not in shared:
+            shared[key] = as_index_list(entry)
+        return shared[key]
+
+    return [[index_list(e) for e in epoch] for epoch in plan]
+
+
 class DataLoaderBatcher:
     """``TensorDataset`` + ``DataLoader``: per-row ``__getitem__`` and a collate per batch.
 
@@ -207,17 +224,7 @@ class DataLoaderBatcher:
 
     def __init__(self, split: Split, plan: List[List[BatchEntry]]):
         self.dataset = TensorDataset(split.X_train, split.y_train)
-        lists: dict = {}
-
-        def index_list(entry: BatchEntry) -> List[int]:
-            if not isinstance(entry, slice):
-                return as_index_list(entry)
-            key = (entry.start, entry.stop)
-            if key not in lists:
-                lists[key] = as_index_list(entry)
-            return lists[key]
-
-        self.plan = [[index_list(e) for e in epoch] for epoch in plan]
+        self.plan = index_lists(plan)
 
     def epoch(self, index: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         return iter(DataLoader(self.dataset, batch_sampler=self.plan[index]))
@@ -321,14 +328,7 @@ class _PlannedBatches:
     style sees, in place of the notes' ``shuffle=True`` sampler)."""
 
     def __init__(self, plan: List[List[BatchEntry]]):
-        shared: dict = {}
-
-        def index_list(entry: BatchEntry) -> List[int]:
-            if not isinstance(entry, slice):
-                return as_index_list(entry)
-            return shared.setdefault((entry.start, entry.stop), as_index_list(entry))
-
-        self.plan = [[index_list(e) for e in epoch] for epoch in plan]
+        self.plan = index_lists(plan)
         self.epoch = 0
 
     def __iter__(self):

@@ -17,7 +17,7 @@ import torch
 
 import workloads as W
 from conftest import WORKLOADS
-from workloads import styles
+from workloads import notes_loop
 from workloads.runner import build
 
 SECTIONS = {  # the note's section each as-written loop comes from
@@ -181,7 +181,7 @@ def test_a_batcher_pairs_with_the_trainer_built_with_it():
     assert a[0].loop is a[1].loop and b[0].loop is b[1].loop and a[0].loop is not b[0].loop
     # a batcher made alone (no trainer just built): classification's numpy re-creation
     alone = W.STYLES.get("as_written").make_batcher(a[3], a[2])
-    assert isinstance(alone, styles.NumpyEveryStep)
+    assert isinstance(alone, notes_loop.NumpyEveryStep)
 
 
 def test_cuda_graph_says_per_workload_why_as_written_is_not_captured():

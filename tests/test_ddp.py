@@ -216,4 +216,4 @@ def test_sharding_splits_every_global_batch_exactly():
             expected = list(range(40, 69)) if isinstance(entry, slice) else perm.tolist()
             assert rows == expected  # contiguous shards, in order, nothing repeated or dropped
             assert sum(share for _, share in parts) == pytest.approx(1.0, abs=1e-15)
-            assert [distributed.entry_size(p) for p, _ in parts] == [len(t) for t in torch.arange(29).tensor_split(world)]
+            assert [W.data.entry_size(p) for p, _ in parts] == [len(t) for t in torch.arange(29).tensor_split(world)]

@@ -24,9 +24,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import workloads as W
 from workloads import distributed, placements
 from workloads.cli import main
-from workloads.data import Split, batch_plan
+from workloads.data import Split, batch_plan, plan_on_device
 from workloads.placements import Placement
-from workloads.styles import SliceBatcher, plan_on_device, pre_indexed_batcher
+from workloads.styles import SliceBatcher, pre_indexed_batcher
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"

@@ -18,10 +18,10 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, to_split
-from .fused import CrossEntropyGradT, FusedGrads, threshold_backward
+from .gradients import CrossEntropyGradT, FusedGrads, threshold_backward
 from .losses import accuracy, raw_cross_entropy
 from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
-from .styles import AsWrittenModuleTrainer, NumpyEveryStep, as_written_module
+from .notes_loop import AsWrittenModuleTrainer, NumpyEveryStep, as_written_module
 
 
 def make_data(seed: int):
@@ -116,19 +116,19 @@ class AsWritten(AsWrittenModuleTrainer):
 
     batcher = NumpyEveryStep
 
-    def step(self, X_train_tensor, y_train_tensor, share=None):
+    def step(self, X_train_tensor, y_train_tensor, weight=None):
         optimizer, my_net, criterion, loop = self.optimizer, self.model, self.criterion, self.loop
         optimizer.zero_grad()
         y_hat = my_net(X_train_tensor)
         loss = self.loss = criterion(y_hat, y_train_tensor)  # the notes' `loss` outlives the step
-        self.backward(loss, share)
+        self.reduction.backward(loss, weight)
         optimizer.step()
         if loop.last and loop.epoch % 2 == 0:
             X_test_tensor, y_test_tensor = loop.data.X_test, loop.data.y_test
             print("epoch = {}, loss on train {:.5f}, loss on test {:.5f}"
                   .format(loop.epoch, loss.item(), criterion(self.module(X_test_tensor), y_test_tensor).item()),
                   file=loop.out)
-        return self.result(loss, share)
+        return self.reduction.loss(loss, weight)
 
 
 WORKLOAD = register_workload(

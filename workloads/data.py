@@ -133,3 +133,50 @@ def as_index_list(entry: BatchEntry) -> List[int]:
 def entry_size(entry: BatchEntry) -> int:
     """The number of rows of one batch of the plan."""
     return entry.stop - entry.start if isinstance(entry, slice) else int(entry.numel())
+
+
+def plan_on_device(plan: List[List[BatchEntry]], device: torch.device) -> List[List[BatchEntry]]:
+    """The plan with its index tensors (shuffled batches) on ``device``, moved once, untimed:
+    indexing GPU data with a CPU index tensor copies the index to the GPU inside every
+    timed step.  Slices (in-order batches) stay slices; on the CPU nothing is copied."""
+    if device.type == "cpu":
+        return plan
+    moved_plan = []
+    for epoch in plan:
+        tensors = [e for e in epoch if not isinstance(e, slice)]
+        if not tensors:
+            moved_plan.append(epoch)
+            continue
+        # one host-to-device copy per epoch; each batch's index is a view of it
+        moved = iter(torch.cat(tensors).to(device).split([t.numel() for t in tensors]))
+        moved_plan.append([e if isinstance(e, slice) else next(moved) for e in epoch])
+    return moved_plan
+
+
+def index_lists(plan: List[List[BatchEntry]]) -> List[List[List[int]]]:
+    """The plan as a ``batch_sampler``'s index lists, made once, outside the timed region.
+    In-order batches repeat (classification's full batch 50,000 times): each distinct slice
+    becomes one shared list, not one list per step."""
+    shared: dict = {}
+
+    def index_list(entry: BatchEntry) -> List[int]:
+        if not isinstance(entry, slice):
+            return as_index_list(entry)
+        key = (entry.start, entry.stop)
+        if key not in shared:
+            shared[key] = as_index_list(entry)
+        return shared[key]
+
+    return [[index_list(e) for e in epoch] for epoch in plan]
+
+
+class WeightedBatches:
+    """A batcher whose batches carry their weight, ``(x, y, weight)``: a shard's share of its
+    global batch (ddp), which the step passes to the placement's reduction."""
+
+    def __init__(self, batcher, weights: List[List[float]]):
+        self.inner, self.weights = batcher, weights
+
+    def epoch(self, index: int):
+        for (xb, yb), weight in zip(self.inner.epoch(index), self.weights[index]):
+            yield xb, yb, weight

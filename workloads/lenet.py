@@ -21,10 +21,10 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, to_split
-from .fused import cross_entropy_with_grad_t, linear_backward, relu_backward
+from .gradients import cross_entropy_with_grad_t, linear_backward, relu_backward
 from .losses import accuracy, raw_cross_entropy
 from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
-from .styles import AsWrittenModuleTrainer, SlicedAsWritten, as_written_module
+from .notes_loop import AsWrittenModuleTrainer, SlicedAsWritten, as_written_module
 
 
 def make_data(seed: int):
@@ -184,14 +184,14 @@ class AsWritten(AsWrittenModuleTrainer):
 
     batcher = SlicedAsWritten
 
-    def step(self, input, target, share=None):
+    def step(self, input, target, weight=None):
         optimizer, net, criterion = self.optimizer, self.model, self.criterion
         optimizer.zero_grad()  # zero the gradient buffers
         output = net(input)
         loss = criterion(output, target)
-        self.backward(loss, share)
+        self.reduction.backward(loss, weight)
         optimizer.step()  # Does the update
-        return self.result(loss, share)
+        return self.reduction.loss(loss, weight)
 
 
 class Net3(nn.Module):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .losses import mse, raw_mse
-from .fused import sigmoid_backward_op
+from .gradients import sigmoid_backward_op
 from .mlp_sgd import (
     OneHiddenLayer,
     make_data_as,
@@ -26,7 +26,7 @@ from .mlp_sgd import (
     one_hidden_layer_sequential,
 )
 from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
-from .styles import AsWrittenModuleTrainer, RewrappedBatches, as_written_module
+from .notes_loop import AsWrittenModuleTrainer, RewrappedBatches, as_written_module
 
 
 def make_data(seed: int):
@@ -61,12 +61,12 @@ class AsWritten(AsWrittenModuleTrainer):
         super().__init__(*args, **kwargs)
         self.losses, self.batch_loss = [], []
 
-    def step(self, xx, yy, share=None):
+    def step(self, xx, yy, weight=None):
         my_nn, cost, optimizer, loop = self.model, self.criterion, self.optimizer, self.loop
         y_hat = my_nn(xx)
         loss = self.loss = cost(y_hat, yy)  # the previous step's retained graph is freed here
         optimizer.zero_grad()
-        self.backward(loss, share, retain_graph=True)
+        self.reduction.backward(loss, weight, retain_graph=True)
         optimizer.step()
         self.batch_loss.append(self.numpy(loss.data))
         if loop.last:
@@ -75,7 +75,7 @@ class AsWritten(AsWrittenModuleTrainer):
                 self.losses.append(np.mean(self.batch_loss))
             print(i, np.mean(self.batch_loss), file=loop.out)
             self.batch_loss = []
-        return self.result(loss, share)
+        return self.reduction.loss(loss, weight)
 
 
 WORKLOAD = register_workload(

@@ -18,10 +18,10 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, standardise, to_split
-from .fused import FusedGrads, MseGrad
+from .gradients import FusedGrads, MseGrad
 from .losses import mse, raw_mse
 from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
-from .styles import NotesLoop, SlicedAsWritten
+from .notes_loop import NotesLoop, SlicedAsWritten
 
 HIDDEN = 128
 
@@ -260,8 +260,8 @@ class AsWritten:
         ...
 
     ``--weight-decay`` adds torch.optim's L2 term to each gradient first (the notes have none).
-    Under ddp each rank back-propagates its share of the loss and the gradients are summed
-    with one ``all_reduce`` before the update, as the ``raw`` style does.  The notes' tensors
+    Under ddp the placement's reduction weights each rank's loss by its share of the global
+    batch and sums the gradients with one ``all_reduce`` before the update, as for ``raw``.  The notes' tensors
     have no ``nn.Module``: DataParallel cannot wrap them."""
 
     batcher = SlicedAsWritten
@@ -279,9 +279,10 @@ class AsWritten:
         self.names, self.workload = list(params), workload
         self.losses, self.i = [], 0
         self.on_host = device.type == "cpu"
-        self.loop = NotesLoop(type(self).batcher)
+        self.loop = NotesLoop()
+        self.reduction = placement.reduction(wrapped=False)
 
-    def step(self, x_tensor, y_tensor, share=None):
+    def step(self, x_tensor, y_tensor, weight=None):
         weights1, biases1, weights2, biases2 = self.weights1, self.biases1, self.weights2, self.biases2
         learning_rate, i = self.learning_rate, self.i
         hidden = x_tensor.mm(weights1) + biases1
@@ -291,10 +292,8 @@ class AsWritten:
         self.losses.append(loss.data.numpy() if self.on_host else loss.data.cpu().numpy())
         if i % 1000 == 0:
             print('loss:', loss, file=self.loop.out)
-        if share is None:
-            loss.backward()
-        else:
-            self._all_reduced_backward(loss, share)
+        self.reduction.backward(loss, weight)
+        self.reduction.sum_grads((weights1, biases1, weights2, biases2))  # ddp: one all_reduce
         if self.weight_decay:  # torch.optim's L2 penalty, before the update
             for p in (weights1, biases1, weights2, biases2):
                 p.grad.data.add_(p.data, alpha=self.weight_decay)
@@ -307,15 +306,11 @@ class AsWritten:
         weights2.grad.data.zero_()
         biases2.grad.data.zero_()
         self.i = i + 1
-        return loss.detach() if share is None else loss.detach() * share
+        return self.reduction.loss(loss, weight)
 
-    def _all_reduced_backward(self, loss, share):
-        params = (self.weights1, self.biases1, self.weights2, self.biases2)
-        (loss * share).backward()
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        torch.distributed.all_reduce(flat)  # the global-batch mean gradient
-        for p, g in zip(params, flat.split([p.numel() for p in params])):
-            p.grad.data.copy_(g.view_as(p))
+    def make_batcher(self, split, plan):
+        """The notes' slicing, sharing this loop's counters."""
+        return type(self).batcher(split, plan, self.loop)
 
     def predict(self, x):
         return torch.relu(x.mm(self.weights1) + self.biases1).mm(self.weights2) + self.biases2

@@ -1,10 +1,12 @@
 """Where a workload runs: availability (with the reason when not), device, wrap, sync.
 
-A placement never knows a workload by name; it only moves tensors, wraps a model
-and synchronises the device around timed regions.  ``cuda_graph`` is ``cuda`` with
-every step captured once and replayed (:mod:`workloads.graphs`).  ``ddp`` also shards each
-global batch over the ranks and lends the styles its rank-aware trainers (see
-:mod:`workloads.distributed`); the single-process placements leave both as they are.
+A placement never knows a workload by name; it only moves tensors, wraps a model,
+combines gradients and synchronises the device around timed regions.  ``cuda_graph`` is
+``cuda`` with every step captured once and replayed (:mod:`workloads.graphs`).  ``ddp``
+also shards each global batch over the ranks (each batch then carries its weight, its share
+of the global batch) and sums the weighted shards' gradients (its :class:`Reduction`; see
+:mod:`workloads.distributed`); the single-process placements leave both as they are.  A
+style's trainer is the same class on every placement.
 """
 
 from __future__ import annotations
@@ -22,6 +24,53 @@ from .graphs import CudaGraphs, GraphedTrainer
 from .registry import Availability, Table
 
 PLACEMENTS = Table("placement")
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How a placement turns one process's gradients into the global batch's: the part of a
+    training step that is the placement's, called by every style's one ``step``.
+
+    A batch without a weight is the global batch (one process): ``backward`` is
+    ``loss.backward()`` and nothing else happens.  A weighted batch (ddp: ``weight`` is this
+    shard's rows over the global batch's) back-propagates ``loss * weight * loss_scale``:
+    ``loss_scale`` is the world size when a ``DistributedDataParallel`` wrapper averages the
+    gradients over the ranks, 1 when the trainer has no wrapper and ``all_reduce`` sums the
+    weighted shard gradients instead (raw, fused, the notes' raw loop).  The sum of the
+    weighted shard-mean gradients is the global-batch mean gradient; the loss a step returns
+    is its weighted shard loss (the runner sums them over the ranks after training)."""
+
+    loss_scale: int = 1
+    all_reduce: Optional[Callable[[torch.Tensor], object]] = None  # in-place sum over the ranks
+
+    def backward(self, loss: torch.Tensor, weight: Optional[float] = None, **kwargs) -> None:
+        (loss if weight is None else loss * (weight * self.loss_scale)).backward(**kwargs)
+
+    def sum_grads(self, params) -> None:
+        """Sum the parameters' ``.grad`` over the ranks, one ``all_reduce`` of a flat copy."""
+        if self.all_reduce is None:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        self.all_reduce(flat)
+        with torch.no_grad():
+            for p, g in zip(params, flat.split([p.numel() for p in params])):
+                p.grad.copy_(g.view_as(p.grad))
+
+    def sum_flat(self, flat: torch.Tensor, loss: torch.Tensor, weight: float) -> torch.Tensor:
+        """A flat gradient of a shard's mean loss, weighted and summed over the ranks in place;
+        returns the weighted loss (the fused style: no backward to weight)."""
+        flat.mul_(weight)
+        if self.all_reduce is not None:
+            self.all_reduce(flat)
+        return loss * weight
+
+    @staticmethod
+    def loss(loss: torch.Tensor, weight: Optional[float] = None) -> torch.Tensor:
+        """The loss a step returns: its value, weighted by the batch's share of the global batch."""
+        return loss.detach() if weight is None else loss.detach() * weight
+
+
+LOCAL = Reduction()  # one process: the batch is the global batch
 
 
 def _cuda_availability() -> Availability:
@@ -177,10 +226,6 @@ class Placement:
     def backend(self) -> Optional[str]:
         return None
 
-    def is_main(self) -> bool:
-        """True in the process that reports (every single-process run; rank 0 of ddp)."""
-        return True
-
     def setup(self) -> None:
         """Prepare the process before a run is built (untimed): on CUDA, pay the devices'
         one-off start-up (:func:`warm_up`); ddp: join the process group first."""
@@ -194,13 +239,15 @@ class Placement:
             return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
         return [self.device()]
 
-    def trainer_class(self, cls):
-        """The trainer class a style builds here (``RawTrainer`` or ``ModuleTrainer`` as is)."""
-        return cls
+    def reduction(self, wrapped: bool) -> Reduction:
+        """How a trainer's gradients become the global batch's (``wrapped``: its model went
+        through :meth:`wrap`); one process: they already are."""
+        return LOCAL
 
-    def batcher(self, make_batcher, split, plan):
-        """The style's batcher over the rows this process trains on: the whole plan here."""
-        return make_batcher(split, plan)
+    def shard(self, plan):
+        """The plan of the rows this process trains on, and each batch's weight (its share of
+        the global batch; None: every batch is the global batch).  One process: the whole plan."""
+        return plan, None
 
     def agree(self, flag: bool) -> bool:
         """Whether to stop training: the same answer in every process."""
@@ -251,9 +298,6 @@ class DistributedPlacement(Placement):
     def backend(self) -> Optional[str]:
         return distributed.backend_name()
 
-    def is_main(self) -> bool:
-        return distributed.rank() == 0
-
     def setup(self) -> None:
         distributed.ensure_process_group()  # nccl: sets this rank's GPU first
         if self.device().type == "cuda":
@@ -265,11 +309,13 @@ class DistributedPlacement(Placement):
     def wrap(self, model: nn.Module) -> nn.Module:
         return distributed.wrap(model)
 
-    def trainer_class(self, cls):
-        return distributed.SHARDED_TRAINERS[cls]
+    def reduction(self, wrapped: bool) -> Reduction:
+        if wrapped:  # DistributedDataParallel averages over the ranks in backward
+            return Reduction(loss_scale=distributed.world_size())
+        return Reduction(all_reduce=distributed.all_reduce_sum)
 
-    def batcher(self, make_batcher, split, plan):
-        return distributed.ShardedBatcher(make_batcher, split, plan, distributed.rank(), distributed.world_size())
+    def shard(self, plan):
+        return distributed.shard_plan(plan, distributed.rank(), distributed.world_size())
 
     def agree(self, flag: bool) -> bool:
         return distributed.agree(flag)

@@ -16,10 +16,10 @@ from sklearn import datasets
 from torch import nn
 
 from .data import split, standardise, to_split
-from .fused import FusedGrads, MseGrad
+from .gradients import FusedGrads, MseGrad
 from .losses import mse, raw_mse
 from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
-from .styles import AsWrittenModuleTrainer, NotesDataLoader, as_written_module
+from .notes_loop import AsWrittenModuleTrainer, NotesDataLoader, as_written_module
 
 
 def make_data(seed: int):
@@ -99,12 +99,12 @@ class AsWritten(AsWrittenModuleTrainer):
 
     batcher = NotesDataLoader
 
-    def step(self, X_train_batch, y_train_batch, share=None):
+    def step(self, X_train_batch, y_train_batch, weight=None):
         optimizer, my_model, criterion, loop = self.optimizer, self.model, self.criterion, self.loop
         optimizer.zero_grad()
         outputs = my_model(X_train_batch)
         loss = self.loss = criterion(outputs, y_train_batch)
-        self.backward(loss, share)
+        self.reduction.backward(loss, weight)
         optimizer.step()
         if loop.last and loop.epoch % 50 == 0:
             data = loop.data
@@ -113,7 +113,7 @@ class AsWritten(AsWrittenModuleTrainer):
                 loss_test = criterion(self.module(data.X_test), data.y_test).item()
                 print("epoch {}, loss_train = {:.5f}, loss_test = {:.5f}".format(loop.epoch, loss_train, loss_test),
                       file=loop.out)
-        return self.result(loss, share)
+        return self.reduction.loss(loss, weight)
 
 
 WORKLOAD = register_workload(

@@ -27,7 +27,7 @@ from typing import Callable, List, Optional
 import torch
 from sklearn import metrics as sk_metrics
 
-from .data import MAX_SEED, Split, batch_plan, seeds, steps_per_epoch
+from .data import MAX_SEED, Split, WeightedBatches, batch_plan, seeds, steps_per_epoch
 from .placements import PLACEMENTS
 from .registry import UsageError, Workload, get_workload
 from .styles import STYLES
@@ -316,7 +316,6 @@ def build(config: RunConfig):
     split = config.split.to(config.placement.device())
     params = initial_parameters(config.workload, config.seed)
     trainer = config.style.make_trainer(config.workload, params, config.placement, config.optimizer)
-    trainer = config.placement.wrap_trainer(trainer)  # cuda_graph: captured and replayed
     plan = batch_plan(
         split.n_train,
         config.batch_size,
@@ -326,7 +325,11 @@ def build(config: RunConfig):
         config.total_steps,
         config.seed,
     )
-    return trainer, config.placement.batcher(config.style.make_batcher, split, plan), plan, split
+    rows, weights = config.placement.shard(plan)  # ddp: this rank's rows, each batch's share
+    batcher = config.style.batcher(split, rows, trainer)
+    if weights is not None:
+        batcher = WeightedBatches(batcher, weights)
+    return config.placement.wrap_trainer(trainer), batcher, plan, split  # cuda_graph: captured and replayed
 
 
 def _set_deterministic(on: bool) -> Callable[[], None]:

@@ -26,7 +26,7 @@ def test_state_dict_round_trip_gives_identical_predictions(tmp_path, workload, s
             seen["predictions"] = trainer.predict(seen["X"])
 
     config = W.configure(workload, style, steps=30, seed=5, weight_decay=1e-4)
-    seen["X"] = config.split.X_test
+    seen["X"] = config.data().X_test
     W.run(config, trainer_hook=save)
 
     restored = wl.build_module().to(wl.dtype)

@@ -15,7 +15,7 @@ def test_confusion_matrix_rows_are_true_labels():
     config = W.configure("classification", "module", steps=300, seed=0)
     record = W.run(config)
     matrix = np.array(record.confusion_matrix)
-    y_test = config.split.y_test.numpy()
+    y_test = config.data().y_test.numpy()
     # rows sum to the count of each true label (the notes pass the arguments swapped)
     np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(y_test, minlength=3))
     assert matrix.trace() / matrix.sum() == record.metric_value

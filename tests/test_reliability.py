@@ -23,7 +23,7 @@ import torch
 import workloads as W
 from workloads import benchmarking as B
 from workloads import checkpoint as C
-from workloads import console
+from workloads import console, launcher
 from workloads.cli import main
 
 from conftest import STYLES, default_sigint
@@ -156,6 +156,43 @@ def test_sigterm_handler_is_restored_after_main():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_importing_the_package_installs_no_signal_handler(monkeypatch):
+    """Not even in a rank that ``run --nproc`` started (its program installs its own first)."""
+    import importlib
+
+    monkeypatch.setenv(launcher.LAUNCHED_ENV, "1")
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    importlib.reload(W)  # the package's own code again, with the rank's environment
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_rank_stopped_while_importing_torch_ends_quietly(tmp_path, sig, status):
+    """A ddp rank's program (:data:`workloads.launcher.RANK_MAIN`) signalled by torchrun's agent
+    while it is still importing torch: the signal's status, no traceback, nothing written.
+    ``-X importtime`` reports each finished import on stderr: a torch module's line means
+    the rank is inside ``import torch``, past its handler's installation."""
+    out = tmp_path / "r.json"
+    argv = ["run", "regression", "--style", "raw", "--quiet", "--json", str(out)]
+    env = dict(os.environ, **{launcher.LAUNCHED_ENV: "1"})
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", *launcher.rank_python_args(argv)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=default_sigint)
+    try:
+        for line in proc.stderr:
+            if line.rstrip().split("|")[-1].strip().startswith("torch"):
+                break
+        else:
+            pytest.fail("the rank never imported torch")
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status, err[-2000:]
+    assert "Traceback" not in err and not out.exists()
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -197,7 +234,7 @@ def test_checkpoint_round_trip_with_optimizer_state(tmp_path, style):
     payload = C.load(str(path), "classification")
     model = C.load_module(str(path), "classification")
     with torch.no_grad():
-        torch.testing.assert_close(model(config.split.X_test), kept["t"].predict(config.split.X_test))
+        torch.testing.assert_close(model(config.data().X_test), kept["t"].predict(config.data().X_test))
     if style == "module":
         assert payload["optimizer"]["state"]  # momentum buffers
         optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)

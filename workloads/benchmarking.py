@@ -339,9 +339,10 @@ def scaled_config(
     An epoch here is one pass over the training rows.
     """
     base = _configure(workload, style, placement, epochs=1)
-    wl, split = base.workload, base.split
+    wl, split = base.workload, base.data()
     if rows is not None:
         split = _tile_rows(split, rows)
+        wl = dataclasses.replace(wl, n_train=split.n_train)
     if hidden is not None:
         wl = _with_hidden(wl, hidden)
     size = base.batch_size if batch_size is None else batch_size

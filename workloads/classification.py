@@ -147,6 +147,7 @@ WORKLOAD = register_workload(
         epochs=50,
         steps_per_epoch=1000,
         batch_size=None,
+        n_train=800,
         shuffle=False,
         eval_every=100,
         as_written=Notes(

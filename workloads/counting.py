@@ -178,7 +178,7 @@ def configs(workload: str = "all", style: str = "all", seed: int = 0, *, steps: 
             key = (name, seed)  # one data split per workload and seed: the spec file holds it once
             if key in splits:
                 config = dataclasses.replace(config, split=splits[key])
-            splits.setdefault(key, config.split)
+            splits.setdefault(key, config.data())
             out.append(config)
     if not out:
         raise UsageError("nothing to count")

@@ -259,6 +259,7 @@ WORKLOAD = register_workload(
         optimizer=OptimizerSpec("sgd", lr=0.01),
         epochs=30,
         batch_size=32,
+        n_train=1437,
         shuffle=True,
         as_written=Notes(
             section="神经网络, Backprop (the recommended torch.optim loop; the notes train no LeNet)",

@@ -93,6 +93,7 @@ WORKLOAD = register_workload(
         optimizer=OptimizerSpec("adam", lr=0.001),
         epochs=1000,
         batch_size=116,
+        n_train=800,
         shuffle=False,
         as_written=Notes(
             section="从raw建立神经网络, 方法2",

@@ -336,6 +336,7 @@ WORKLOAD = register_workload(
         optimizer=OptimizerSpec("sgd", lr=0.01),
         epochs=10_000,
         batch_size=None,
+        n_train=800,
         shuffle=False,
         eval_every=50,
         dtype=torch.float64,

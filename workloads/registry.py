@@ -90,6 +90,7 @@ class Workload:
     optimizer: OptimizerSpec
     epochs: int
     batch_size: Optional[int]  # None: the whole training set every step
+    n_train: int  # rows in the training split make_data returns (checked when the data is made)
     shuffle: bool
     metric: Metric
     target: float

@@ -131,6 +131,7 @@ WORKLOAD = register_workload(
         optimizer=OptimizerSpec("sgd", lr=0.01),
         epochs=400,
         batch_size=20,
+        n_train=800,
         shuffle=True,
         as_written=Notes(
             section="案例：回归模型 (the training loop, `# %% 训练`)",

@@ -54,13 +54,25 @@ class RunConfig:
     threads: int
     until_target: bool
     eval_every: int
-    split: Split = field(repr=False)
+    # The train/test split: None until first needed (configure only validates; data() makes it).
+    # Several configurations may share one (dataclasses.replace(config, split=...)).
+    split: Optional[Split] = field(default=None, repr=False, compare=False)
     deterministic: bool = False
     weight_decay: float = 0.0  # the optimizer's L2 penalty (--weight-decay; default the workload's, 0)
 
     @property
     def optimizer(self):
         return dataclasses.replace(self.workload.optimizer, lr=self.lr, weight_decay=self.weight_decay)
+
+    def data(self) -> Split:
+        """The run's data, generated from its seed on first use and kept."""
+        if self.split is None:
+            split = self.workload.make_data(self.seed)
+            if split.n_train != self.workload.n_train:
+                raise ValueError(f"{self.workload.name}: make_data gave {split.n_train} training rows, "
+                                 f"the workload declares n_train={self.workload.n_train}")
+            self.split = split
+        return self.split
 
 
 @dataclass
@@ -167,16 +179,15 @@ def configure(
     deterministic: bool = False,
     weight_decay: Optional[float] = None,
 ) -> RunConfig:
-    """Check every input and resolve the documented defaults.
+    """Check every input and resolve the documented defaults; nothing is built (the data is made
+    by :meth:`RunConfig.data`, the trainer by :func:`build`).
 
     Raises :class:`UsageError` for bad input and :class:`Unavailable` for a
     placement that cannot run this here.  ``nproc`` is for the process that
     launches ``ddp`` ranks: it checks the run as each of ``nproc`` ranks will
     configure it (a rank itself leaves it out and reads torchrun's world size).
     """
-    wl = get_workload(workload)
-    st = STYLES.get(style)
-    placement = PLACEMENTS.get(device)
+    wl, st, placement = get_workload(workload), STYLES.get(style), PLACEMENTS.get(device)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
     epochs = wl.epochs if epochs is None else _positive_int("epochs", epochs)
@@ -185,35 +196,14 @@ def configure(
     threads = _positive_int("threads", threads)
     if threads > MAX_THREADS:
         raise UsageError(f"--threads {_short(threads)} is more than {MAX_THREADS}; valid: 1 to {MAX_THREADS}")
-    if steps is not None:
-        _positive_int("steps", steps)
-    if eval_every is not None:
-        _positive_int("eval-every", eval_every)
+    for name, value in (("steps", steps), ("eval-every", eval_every), ("nproc", nproc)):
+        if value is not None:
+            _positive_int(name, value)
     if deterministic:
         _cublas_workspace()
-    launching = nproc is not None
-    if launching:
-        _positive_int("nproc", nproc)
-        if not hasattr(placement, "launch_availability"):
-            raise UsageError(f"--nproc starts ddp ranks; it does not apply to --device {placement.name}")
-    split = wl.make_data(seed)
-    if batch_size is None:
-        batch_size = wl.batch_size
-    else:
-        _positive_int("batch-size", batch_size)
-        if batch_size > split.n_train:
-            raise UsageError(
-                f"--batch-size {_short(batch_size)} is larger than {wl.name}'s {split.n_train} training rows; "
-                f"valid: 1 to {split.n_train}"
-            )
-    available = placement.launch_availability(nproc) if launching else placement.availability()
-    for check in (available, placement.applies_to(st)):
-        if not check.ok:
-            raise Unavailable(check.reason)
-    world = nproc if launching else placement.world_size()
-    if world > 1:
-        _check_shardable(wl, split.n_train, batch_size, world, launching)
-    per_epoch = steps_per_epoch(split.n_train, batch_size, wl.steps_per_epoch)
+    batch_size = _batch_size(wl, batch_size)
+    _check_placement(wl, st, placement, batch_size, nproc)
+    per_epoch = steps_per_epoch(wl.n_train, batch_size, wl.steps_per_epoch)
     total = epochs * per_epoch if steps is None else min(steps, epochs * per_epoch)
     if total > MAX_STEPS:
         raise UsageError(
@@ -221,22 +211,38 @@ def configure(
             "lower --epochs or cap with --steps"
         )
     return RunConfig(
-        workload=wl,
-        style=st,
-        placement=placement,
-        seed=seed,
-        epochs=epochs,
-        steps_per_epoch=per_epoch,
-        total_steps=total,
-        batch_size=batch_size,
-        lr=lr,
-        threads=threads,
-        until_target=bool(until_target),
-        eval_every=eval_every or wl.eval_every or per_epoch,
-        split=split,
-        deterministic=bool(deterministic),
+        workload=wl, style=st, placement=placement, seed=seed, epochs=epochs, steps_per_epoch=per_epoch,
+        total_steps=total, batch_size=batch_size, lr=lr, threads=threads, until_target=bool(until_target),
+        eval_every=eval_every or wl.eval_every or per_epoch, deterministic=bool(deterministic),
         weight_decay=weight_decay,
     )
+
+
+def _batch_size(wl: Workload, batch_size: Optional[int]) -> Optional[int]:
+    """``--batch-size`` checked against the workload's training rows (None: its documented one)."""
+    if batch_size is None:
+        return wl.batch_size
+    _positive_int("batch-size", batch_size)
+    if batch_size > wl.n_train:
+        raise UsageError(
+            f"--batch-size {_short(batch_size)} is larger than {wl.name}'s {wl.n_train} training rows; "
+            f"valid: 1 to {wl.n_train}"
+        )
+    return batch_size
+
+
+def _check_placement(wl: Workload, st, placement, batch_size: Optional[int], nproc: Optional[int]) -> None:
+    """Whether the placement runs here, applies to the style and (ddp) can shard every batch."""
+    launching = nproc is not None
+    if launching and not hasattr(placement, "launch_availability"):
+        raise UsageError(f"--nproc starts ddp ranks; it does not apply to --device {placement.name}")
+    available = placement.launch_availability(nproc) if launching else placement.availability()
+    for check in (available, placement.applies_to(st)):
+        if not check.ok:
+            raise Unavailable(check.reason)
+    world = nproc if launching else placement.world_size()
+    if world > 1:
+        _check_shardable(wl, wl.n_train, batch_size, world, launching)
 
 
 CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")  # the values cuBLAS's reproducibility check accepts
@@ -313,7 +319,7 @@ def _class_report(outputs, split: Split):
 def build(config: RunConfig):
     """Trainer and batcher of a configured run, on its device (untimed)."""
     config.placement.setup()
-    split = config.split.to(config.placement.device())
+    split = config.data().to(config.placement.device())
     params = initial_parameters(config.workload, config.seed)
     trainer = config.style.make_trainer(config.workload, params, config.placement, config.optimizer)
     plan = batch_plan(

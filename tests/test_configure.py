@@ -1,0 +1,36 @@
+"""configure validates and resolves; it builds nothing: the data is made when first needed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import workloads as W
+from conftest import WORKLOADS
+
+
+def test_configure_makes_no_data():
+    config = W.configure("lenet", "module", "cpu", 3, steps=5)
+    assert config.split is None
+    split = config.data()
+    assert config.split is split and config.data() is split  # made once, then kept
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_each_workload_declares_its_training_rows(name):
+    config = W.configure(name, "module", "cpu", 0, steps=1)
+    assert config.data().n_train == config.workload.n_train
+
+
+def test_a_wrong_declaration_is_caught_when_the_data_is_made():
+    config = W.configure("regression", "module", "cpu", 0, steps=1)
+    wrong = dataclasses.replace(config, workload=dataclasses.replace(config.workload, n_train=799))
+    with pytest.raises(ValueError, match="n_train=799"):
+        wrong.data()
+
+
+def test_batch_size_is_checked_against_the_declared_rows():
+    with pytest.raises(W.UsageError, match="valid: 1 to 800"):
+        W.configure("regression", "module", "cpu", 0, batch_size=801)
+    assert W.configure("regression", "module", "cpu", 0, batch_size=800).batch_size == 800

@@ -1,6 +1,6 @@
 """How the cost of a step and of an epoch grows with rows, batch size and hidden width.
 
-For the classification MLP and the two "from raw" MLPs (``benchmarking.SCALING_WORKLOADS``),
+For the classification MLP and the two "from raw" MLPs (``Workload.scales``),
 ``module`` style on the CPU, one thread.  One parameter changes at a time; the
 others keep their documented values.  Rows are the documented training rows
 repeated (what scales is the cost, not the task); an epoch here is one pass over

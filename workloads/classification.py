@@ -15,13 +15,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from sklearn import datasets
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
 from torch import nn
 
 from .data import split, to_split
 from .gradients import CrossEntropyGradT, FusedGrads, threshold_backward
 from .losses import accuracy, raw_cross_entropy
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
 from .notes_loop import AsWrittenModuleTrainer, NumpyEveryStep, as_written_module
+from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
 
 
 def make_data(seed: int):
@@ -157,6 +159,12 @@ WORKLOAD = register_workload(
                    "the test loss (with gradients on) printed every 2 epochs",
         ),
         metric=Metric("test_accuracy", higher_is_better=True, fn=accuracy, is_classification=True),
+        peers=(
+            Peer("sk:LogisticRegression", lambda seed: LogisticRegression(max_iter=1000, random_state=seed)),
+            Peer("sk:MLPClassifier(10,)",
+                 lambda seed: MLPClassifier(hidden_layer_sizes=(10,), max_iter=1000, random_state=seed)),
+        ),
+        scales=True,
         target=0.85,
         target_note=(
             "25 seeds (0-24), raw style, full documented length (50,000 steps), torch 2.13.0 CPU:"

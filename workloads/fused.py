@@ -26,6 +26,7 @@ from .data import BatchEntry, Split, entry_size
 from .optimizers import step_counter
 from .registry import OptimizerSpec, Workload
 
+
 # --- batches ----------------------------------------------------------------------------------
 
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from sklearn import datasets
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
 from torch import nn
 
 from .data import split, to_split
 from .gradients import cross_entropy_with_grad_t, linear_backward, relu_backward
 from .losses import accuracy, raw_cross_entropy
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
 from .notes_loop import AsWrittenModuleTrainer, SlicedAsWritten, as_written_module
+from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
 
 
 def make_data(seed: int):
@@ -244,6 +246,12 @@ def lenet3_trainer(seed: int = 0, lr: float = 0.01):
     return step
 
 
+def digits_pixels(x: torch.Tensor):
+    """The 8x8 pixels behind LeNet's 32x32 input (every 4th pixel of the upsampled image): what a
+    user would fit a scikit-learn estimator on (``load_digits``' 64 pixels, no information lost)."""
+    return x[:, 0, ::4, ::4].reshape(x.shape[0], -1).cpu().numpy()
+
+
 WORKLOAD = register_workload(
     Workload(
         name="lenet",
@@ -267,6 +275,11 @@ WORKLOAD = register_workload(
             habits="none: the recommended loop is the module style's step",
         ),
         metric=Metric("test_accuracy", higher_is_better=True, fn=accuracy, is_classification=True),
+        peers=(
+            Peer("sk:LogisticRegression", lambda seed: LogisticRegression(max_iter=1000, random_state=seed)),
+            Peer("sk:MLPClassifier", lambda seed: MLPClassifier(max_iter=1000, random_state=seed)),
+        ),
+        peer_features=digits_pixels,
         target=0.9,
         target_note=(
             "25 seeds (0-24), raw style, full 30 epochs (1,350 steps), torch 2.13.0 CPU: all "

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.neural_network import MLPRegressor
 from torch import nn
 
-from .losses import mse, raw_mse
 from .gradients import sigmoid_backward_op
+from .losses import mse, raw_mse
 from .mlp_sgd import (
     OneHiddenLayer,
     make_data_as,
@@ -25,8 +26,8 @@ from .mlp_sgd import (
     one_hidden_layer_raw,
     one_hidden_layer_sequential,
 )
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
 from .notes_loop import AsWrittenModuleTrainer, RewrappedBatches, as_written_module
+from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
 
 
 def make_data(seed: int):
@@ -103,6 +104,11 @@ WORKLOAD = register_workload(
                    "backward(retain_graph=True), loss.data.numpy() appended every step, a print every epoch",
         ),
         metric=Metric("test_mse", higher_is_better=False, fn=mse),
+        peers=(
+            Peer("sk:MLPRegressor(128,)",
+                 lambda seed: MLPRegressor(hidden_layer_sizes=(128,), max_iter=1000, random_state=seed)),
+        ),
+        scales=True,
         target=1e-3,
         target_note=(
             "25 seeds (0-24), raw style, full 1000 epochs (7,000 steps): all reach test MSE 1e-3 "

@@ -15,13 +15,15 @@ from collections import OrderedDict
 
 import torch
 from sklearn import datasets
+from sklearn.neural_network import MLPRegressor
 from torch import nn
 
 from .data import split, standardise, to_split
 from .gradients import FusedGrads, MseGrad
 from .losses import mse, raw_mse
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
 from .notes_loop import NotesLoop, SlicedAsWritten
+from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
+
 
 HIDDEN = 128
 
@@ -348,6 +350,11 @@ WORKLOAD = register_workload(
                    "1000 steps, .data.add_ updates and .grad.data.zero_()",
         ),
         metric=Metric("test_mse", higher_is_better=False, fn=mse),
+        peers=(
+            Peer("sk:MLPRegressor(128,)",
+                 lambda seed: MLPRegressor(hidden_layer_sizes=(128,), max_iter=1000, random_state=seed)),
+        ),
+        scales=True,
         target=0.2,
         target_note=(
             "25 seeds (0-24), raw style, full 10,000 steps: 22 of 25 reach test MSE 0.2 (median "

@@ -10,6 +10,7 @@ time-to-target when the fitted model meets the workload's target; its "steps" ar
 ``n_iter_`` (lbfgs iterations for LogisticRegression, epochs for the SGD and MLP
 estimators).  BLAS threads are limited to the runs' ``--threads`` while fitting.
 
+Each workload module declares its peers (``Workload.peers``, ``Workload.peer_features``).
 Estimators keep sklearn's defaults except ``random_state`` (the run's seed) and
 ``max_iter=1000`` for the iterative ones, so that a default 100/200-iteration cap
 does not hand the peer an unconverged fit (a ``ConvergenceWarning`` is still
@@ -23,71 +24,29 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import List
 
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LinearRegression, LogisticRegression, SGDRegressor
-from sklearn.neural_network import MLPClassifier, MLPRegressor
 from threadpoolctl import threadpool_limits
 
 from .data import Split
-from .registry import Workload
-
-
-@dataclass(frozen=True)
-class Peer:
-    name: str  # what the table shows, e.g. "sk:LogisticRegression"
-    make: Callable[[int], object]  # seed -> unfitted estimator
+from .registry import Peer, Workload, get_workload
 
 
 def _flat(x: torch.Tensor) -> np.ndarray:
     return x.reshape(x.shape[0], -1).cpu().numpy()
 
 
-def _digits_pixels(x: torch.Tensor) -> np.ndarray:
-    """The 8x8 pixels behind LeNet's 32x32 input (every 4th pixel of the upsampled image)."""
-    return x[:, 0, ::4, ::4].reshape(x.shape[0], -1).cpu().numpy()
-
-
-_LOGISTIC = Peer("sk:LogisticRegression", lambda seed: LogisticRegression(max_iter=1000, random_state=seed))
-
-PEERS: Dict[str, List[Peer]] = {
-    "classification": [
-        _LOGISTIC,
-        Peer("sk:MLPClassifier(10,)",
-             lambda seed: MLPClassifier(hidden_layer_sizes=(10,), max_iter=1000, random_state=seed)),
-    ],
-    "regression": [
-        Peer("sk:LinearRegression", lambda seed: LinearRegression()),
-        Peer("sk:SGDRegressor", lambda seed: SGDRegressor(max_iter=1000, random_state=seed)),
-    ],
-    "lenet": [
-        _LOGISTIC,
-        Peer("sk:MLPClassifier", lambda seed: MLPClassifier(max_iter=1000, random_state=seed)),
-    ],
-    "mlp_sgd": [
-        Peer("sk:MLPRegressor(128,)",
-             lambda seed: MLPRegressor(hidden_layer_sizes=(128,), max_iter=1000, random_state=seed)),
-    ],
-    "mlp_adam": [
-        Peer("sk:MLPRegressor(128,)",
-             lambda seed: MLPRegressor(hidden_layer_sizes=(128,), max_iter=1000, random_state=seed)),
-    ],
-}
-
-FEATURES: Dict[str, Callable[[torch.Tensor], np.ndarray]] = {"lenet": _digits_pixels}
-
-
 def peers_for(workload: str) -> List[Peer]:
-    return PEERS.get(workload, [])
+    """The peers the workload module declares (``Workload.peers``)."""
+    return list(get_workload(workload).peers)
 
 
 def fit_peer(workload: Workload, peer: Peer, split: Split, seed: int, threads: int = 1) -> dict:
     """Fit one peer on the split's training rows; score it on the test rows with the workload's metric."""
-    features = FEATURES.get(workload.name, _flat)
+    features = workload.peer_features or _flat
     X_train, X_test = features(split.X_train), features(split.X_test)
     y_train = split.y_train.cpu().numpy().ravel()
     estimator = peer.make(seed)

@@ -12,8 +12,8 @@ style's trainer is the same class on every placement.
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 from . import distributed
 from .graphs import CudaGraphs, GraphedTrainer
 from .registry import Availability, Table
+
 
 PLACEMENTS = Table("placement")
 

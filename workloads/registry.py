@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -50,6 +50,15 @@ class AsWritten:
     section: str
     trainer: Callable  # (workload, params, placement, OptimizerSpec) -> trainer
     habits: str
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A scikit-learn estimator a user would pick instead of the workload's PyTorch loop
+    (fitted and scored by :mod:`workloads.peers`)."""
+
+    name: str  # what the table shows, e.g. "sk:LogisticRegression"
+    make: Callable[[int], object]  # seed -> unfitted estimator
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,12 @@ class Workload:
     fused_grads: Optional[Callable[[list, torch.Tensor, torch.Tensor], tuple]] = None
     # The notes' own loop (the ``as_written`` style): see :class:`AsWritten`.
     as_written: Optional[AsWritten] = None
+    # The scikit-learn estimators compare races against, and the features they see (rows of
+    # the run's split -> a 2-D array; None: the input flattened).
+    peers: Tuple[Peer, ...] = ()
+    peer_features: Optional[Callable[[torch.Tensor], object]] = None
+    # A two-layer MLP: the scaling benchmarks vary its rows, batch size and hidden width.
+    scales: bool = False
 
 
 @dataclass

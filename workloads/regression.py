@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import torch
 from sklearn import datasets
+from sklearn.linear_model import LinearRegression, SGDRegressor
 from torch import nn
 
 from .data import split, standardise, to_split
 from .gradients import FusedGrads, MseGrad
 from .losses import mse, raw_mse
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Workload, register_workload
 from .notes_loop import AsWrittenModuleTrainer, NotesDataLoader, as_written_module
+from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
 
 
 def make_data(seed: int):
@@ -140,6 +141,10 @@ WORKLOAD = register_workload(
                    "and test losses (.item(), under no_grad) printed every 50 epochs",
         ),
         metric=Metric("test_mse", higher_is_better=False, fn=mse),
+        peers=(
+            Peer("sk:LinearRegression", lambda seed: LinearRegression()),
+            Peer("sk:SGDRegressor", lambda seed: SGDRegressor(max_iter=1000, random_state=seed)),
+        ),
         target=1e-6,
         target_note=(
             "25 seeds (0-24), raw style, full documented length (400 epochs): all reach test MSE "

@@ -32,6 +32,7 @@ from .placements import PLACEMENTS
 from .registry import UsageError, Workload, get_workload
 from .styles import STYLES
 
+
 MAX_STEPS = 10_000_000  # 200x the longest documented run (classification, 50,000 steps)
 MAX_THREADS = 1024  # torch.set_num_threads far beyond this crashes the process (100,000: segfault)
 

@@ -32,6 +32,7 @@ from .optimizers import RAW_OPTIMIZERS, TORCH_OPTIMIZERS, TUNED_OPTIMIZERS
 from .parameters import canonical_state, placed_model
 from .registry import OptimizerSpec, Table, Workload
 
+
 STYLES = Table("style")
 
 Params = "OrderedDict[str, torch.Tensor]"

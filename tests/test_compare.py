@@ -1,4 +1,4 @@
-"""``torchloops compare``: peers, FLOPs, the consistency check, and one cheap end-to-end run.
+"""``torchloops compare``: peers, FLOPs, the paired ratios, and one cheap end-to-end run.
 
 The end-to-end run is the regression workload alone (every style to its target in
 well under a second each, both peers), so that the whole command -- tables,
@@ -7,6 +7,7 @@ well under a second each, both peers), so that the whole command -- tables,
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
@@ -14,13 +15,10 @@ import pytest
 import torch
 
 import workloads as W
-from workloads import cli, compare, flops, peers
+from workloads import cli, compare, console, flops, peers
+from workloads.references import typical_seed
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _main(argv):
-    return cli.main(argv)
 
 
 def test_every_workload_has_peers():
@@ -45,7 +43,7 @@ def test_peers_fit_the_same_split_and_score_with_the_workload_metric(workload):
 
 def test_lenet_peers_see_the_original_digit_pixels():
     split = W.get_workload("lenet").make_data(0)
-    pixels = peers.FEATURES["lenet"](split.X_train)
+    pixels = W.get_workload("lenet").peer_features(split.X_train)
     assert pixels.shape == (split.n_train, 64)
     # nearest-neighbour upsampling: every 4x4 block of the 32x32 input is one of these pixels
     block = split.X_train[:, 0, :4, :4].reshape(split.n_train, -1)
@@ -76,33 +74,6 @@ def test_matmul_throughput_is_measured():
     assert 1e8 < value < 1e13
 
 
-REFERENCE = {
-    "eval_every": 40, "max_steps": 16000,
-    "summary": {"n": 25, "never_reached": 0, "p10": 360, "median": 360, "p90": 400, "max": 400},
-}
-
-
-def _fresh(*steps):
-    return [{"reached": s is not None, "steps_to_target": s, "seed": i} for i, s in enumerate(steps)]
-
-
-def test_consistency_check_is_one_sided_on_both_ends():
-    # band: [360 / 1.25 - 40, 400 * 1.25 + 40] = [248, 540]
-    assert compare.check_consistency(REFERENCE, _fresh(360, 400, 360, 320, 400))["ok"]
-    slower = compare.check_consistency(REFERENCE, _fresh(720, 760, 720, 680, 760))
-    assert not slower["ok"] and not slower["speed_ok"] and "slower" in slower["lines"][1]
-    faster = compare.check_consistency(REFERENCE, _fresh(160, 200, 160, 160, 200))
-    assert not faster["ok"] and "faster" in faster["lines"][1]
-
-
-def test_consistency_check_counts_runs_that_never_reach_the_target():
-    # reference never misses: one miss in five is still plausible (rate 1/27), three are not
-    assert compare.check_consistency(REFERENCE, _fresh(360, None, 400, 360, 400))["ok"]
-    verdict = compare.check_consistency(REFERENCE, _fresh(360, None, None, None, 400))
-    assert verdict["speed_ok"] and not verdict["reliability_ok"] and not verdict["ok"]
-    assert not compare.check_consistency(REFERENCE, _fresh(None, None))["ok"]
-
-
 def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
     from workloads import counting
 
@@ -113,7 +84,7 @@ def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(counting, "count", fake_count)
     monkeypatch.setattr(counting, "valgrind_problem", lambda: None)
     out = tmp_path / "cmp"
-    assert _main(["compare", "regression", "--out", str(out), "--quiet", "--count"]) == 0
+    assert cli.main(["compare", "regression", "--out", str(out), "--quiet", "--count"]) == 0
     text = capsys.readouterr()
     assert "1,000 instructions/step" in text.out and "instructions per step 1,00" in text.out
     assert text.err == ""  # no progress bar when stderr is not a terminal
@@ -127,7 +98,7 @@ def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
     kinds = [(r["kind"], r["style"]) for r in document["records"]]
     assert ("peer", "sk:LinearRegression") in kinds and ("style", "raw") in kinds
     (section,) = document["workloads"]
-    assert section["seeds"] == [compare.typical_seed("regression")]
+    assert section["seeds"] == [typical_seed("regression")]
     for row in section["rows"]:
         assert row["reached"] == 1, row  # every style and both peers reach 1e-6 here
     for png in ("curves.png", "time_to_target.png"):
@@ -140,7 +111,7 @@ def test_compare_count_without_valgrind_is_one_line(tmp_path, capsys, monkeypatc
     from workloads import counting
 
     monkeypatch.setattr(counting, "valgrind_problem", lambda: "valgrind is not installed")
-    assert _main(["compare", "regression", "--count", "--out", str(tmp_path / "c")]) == 2
+    assert cli.main(["compare", "regression", "--count", "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "valgrind is not installed" in err and not (tmp_path / "c").exists()
 
@@ -149,18 +120,22 @@ def test_compare_rejects_bad_input_before_running(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(W.UsageError, match="not a directory"):
-        compare._check_out_dir(str(blocker))
-    assert _main(["compare", "nosuchworkload", "--out", str(tmp_path / "a")]) == 2
-    assert _main(["compare", "--seeds", "0", "--out", str(tmp_path / "b")]) == 2
-    assert _main(["compare", "regression", "--out", str(blocker)]) == 2
+        console.check_out_dir(str(blocker))
+    assert cli.main(["compare", "nosuchworkload", "--out", str(tmp_path / "a")]) == 2
+    assert cli.main(["compare", "--seeds", "0", "--out", str(tmp_path / "b")]) == 2
+    assert cli.main(["compare", "regression", "--out", str(blocker)]) == 2
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
     if os.path.isdir("/proc"):  # os.access says root may write there; the filesystem refuses
         with pytest.raises(W.UsageError, match="cannot create folders in '/proc'"):
-            compare._check_out_dir("/proc/torchloops-out")
+            console.check_out_dir("/proc/torchloops-out")
 
 
 def test_cli_registers_compare_and_converge():
-    assert {"compare", "converge"} <= set(cli.COMMANDS)
+    parser = cli.build_parser()
+    for command in ("compare", "converge"):
+        module = importlib.import_module(f"workloads.commands.{command}")
+        args = parser.parse_args([command, "regression"])
+        assert args.handler is module.main
     assert cli.main(["compare", "--seeds", "0"]) == 2
 
 

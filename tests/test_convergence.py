@@ -1,4 +1,5 @@
-"""Every workload in every style reaches its quality target from a fixed seed (CPU).
+"""Every workload in every style reaches its quality target from a fixed seed (CPU), and
+the convergence statistics' check of fresh seeds against a reference (:mod:`workloads.convergence`).
 
 Each run stops at its target (``until_target``), capped at the documented length.
 The seeds are fixed and typical (the seed nearest the median steps-to-target of
@@ -11,6 +12,7 @@ import pytest
 
 import workloads as W
 from conftest import STYLES, WORKLOADS
+from workloads import convergence
 from workloads.cli import main
 from workloads.references import typical_seed
 
@@ -46,3 +48,30 @@ def test_dead_class_is_visible_in_record_and_table(capsys):
     assert all(row[1] == 0 for row in result.confusion_matrix)  # nothing predicted as class 1
     assert main(["run", "classification", "--style", "raw", "--seed", str(DEAD_CLASS_SEED), "--steps", "3000"]) == 0
     assert "dead class 1 (never predicted)" in capsys.readouterr().out
+
+
+REFERENCE = {
+    "eval_every": 40, "max_steps": 16000,
+    "summary": {"n": 25, "never_reached": 0, "p10": 360, "median": 360, "p90": 400, "max": 400},
+}
+
+
+def _fresh(*steps):
+    return [{"reached": s is not None, "steps_to_target": s, "seed": i} for i, s in enumerate(steps)]
+
+
+def test_consistency_check_is_one_sided_on_both_ends():
+    # band: [360 / 1.25 - 40, 400 * 1.25 + 40] = [248, 540]
+    assert convergence.check_consistency(REFERENCE, _fresh(360, 400, 360, 320, 400))["ok"]
+    slower = convergence.check_consistency(REFERENCE, _fresh(720, 760, 720, 680, 760))
+    assert not slower["ok"] and not slower["speed_ok"] and "slower" in slower["lines"][1]
+    faster = convergence.check_consistency(REFERENCE, _fresh(160, 200, 160, 160, 200))
+    assert not faster["ok"] and "faster" in faster["lines"][1]
+
+
+def test_consistency_check_counts_runs_that_never_reach_the_target():
+    # reference never misses: one miss in five is still plausible (rate 1/27), three are not
+    assert convergence.check_consistency(REFERENCE, _fresh(360, None, 400, 360, 400))["ok"]
+    verdict = convergence.check_consistency(REFERENCE, _fresh(360, None, None, None, 400))
+    assert verdict["speed_ok"] and not verdict["reliability_ok"] and not verdict["ok"]
+    assert not convergence.check_consistency(REFERENCE, _fresh(None, None))["ok"]

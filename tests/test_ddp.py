@@ -25,7 +25,7 @@ import torch
 
 import workloads as W
 from conftest import STYLES, WORKLOADS, short_run
-from workloads import distributed
+from workloads import distributed, launcher
 from workloads.cli import main
 
 STEPS = 60
@@ -102,7 +102,7 @@ def test_three_ranks_with_unequal_shards_on_every_step(tmp_path):
 
 def test_every_failed_rank_is_reported():
     script = "import os, sys; sys.exit({'0': 0, '1': 3, '2': 4}[os.environ['RANK']])"
-    code = f"from workloads import distributed; print(distributed.launch(3, ['-c', {script!r}]))"
+    code = f"from workloads import launcher; print(launcher.launch(3, ['-c', {script!r}]))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     status, message = eval(proc.stdout.strip().splitlines()[-1])
@@ -112,7 +112,7 @@ def test_every_failed_rank_is_reported():
 
 
 def test_a_failed_launch_is_one_line_and_a_nonzero_status(monkeypatch, capsys):
-    monkeypatch.setattr(distributed, "launch", lambda *a, **k: (1, "rank 1 exited with status 3"))
+    monkeypatch.setattr(launcher, "launch", lambda *a, **k: (1, "rank 1 exited with status 3"))
     assert main(["run", "regression", "--style", "raw", "--device", "ddp", "--nproc", "2", "--backend", "gloo",
                  "--steps", "3"]) == 1
     err = capsys.readouterr().err
@@ -134,7 +134,7 @@ DDP_USAGE = [
 def test_ddp_usage_errors_are_one_line_exit_2(monkeypatch, capsys, extra, expected):
     for name in distributed.ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
+    monkeypatch.setattr(launcher, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
     assert main(["run", "regression", *extra]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("torchloops: error: ") and expected in err

@@ -22,7 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import workloads as W
-from workloads import distributed, placements
+from workloads import distributed, launcher, placements
 from workloads.cli import main
 from workloads.data import Split, batch_plan, plan_on_device
 from workloads.placements import Placement
@@ -184,7 +184,7 @@ def test_default_backend_is_nccl_with_cuda_else_gloo_and_gloo_ranks_use_the_cpu(
 
 def test_nccl_without_a_gpu_is_a_usage_error(monkeypatch, capsys, backend_reset):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
+    monkeypatch.setattr(launcher, "launch", lambda *a, **k: pytest.fail("launched despite bad input"))
     for name in distributed.ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     assert main(["run", "regression", "--device", "ddp", "--nproc", "2", "--backend", "nccl"]) == 2
@@ -202,7 +202,7 @@ def test_the_ranks_get_the_backend_asked_for(monkeypatch, backend_reset, backend
         seen["argv"] = list(python_args)
         return 1, "stopped here"
 
-    monkeypatch.setattr(distributed, "launch", launch)
+    monkeypatch.setattr(launcher, "launch", launch)
     extra = [] if backend is None else ["--backend", backend]
     assert main(["run", "regression", "--style", "raw", "--device", "ddp", "--nproc", "2", "--steps", "3",
                  *extra]) == 1

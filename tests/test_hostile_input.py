@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import workloads as W
 from workloads import cli
+from workloads.commands import run as run_command
 
 FAST = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 TINY_RUNS = settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -53,8 +54,8 @@ def _outcome(argv):
     """('planned' | 'ok' | 'help' | 'usage', stderr) for ``torchloops argv`` with training stubbed out."""
     err, out = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        mp.setattr(cli, "run_interleaved", _stub_run)
-        mp.setattr(cli, "_launch_ranks", _stub_launch)
+        mp.setattr(run_command, "run_interleaved", _stub_run)
+        mp.setattr(run_command, "_launch_ranks", _stub_launch)
         try:
             status = cli.main(argv)
         except _Planned:

@@ -11,6 +11,7 @@ import torch
 
 import workloads as W
 from workloads import cli, runner
+from workloads.commands import run as run_command
 from workloads.interleave import paired_records, run_interleaved
 
 TIMING_FIELDS = {"time_to_target_s", "step_time_median_s", "train_time_s", "step_time_interval_s",
@@ -139,7 +140,7 @@ def test_a_nondeterministic_operation_is_one_line(monkeypatch, capsys):
         raise RuntimeError("adaptive_max_pool2d_backward_cuda does not have a deterministic implementation, "
                            "but you set 'torch.use_deterministic_algorithms(True)'.\nYou can turn off ...")
 
-    monkeypatch.setattr(cli, "run_interleaved", refuse)
+    monkeypatch.setattr(run_command, "run_interleaved", refuse)
     status = cli.main(["run", "regression", "--style", "raw", "--steps", "2", "--quiet", "--deterministic"])
     err = capsys.readouterr().err
     assert status == 1 and len(err.strip().splitlines()) == 1 and "deterministic implementation" in err

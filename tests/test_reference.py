@@ -4,7 +4,7 @@
 style, CPU, one thread, at most the documented length), written by
 ``torchloops converge WORKLOAD --seeds 25 --json ...``.  Here a few *fresh* seeds
 (1000 and up, never part of a reference) of the cheaper workloads are trained in the
-raw style and must pass :func:`workloads.compare.check_consistency`: their median
+raw style and must pass :func:`workloads.convergence.check_consistency`: their median
 steps-to-target inside the reference's [p10 / 1.25 - q, p90 * 1.25 + q] band (q: the
 evaluation interval), and no improbable number of seeds that never reach the target.
 A change that silently alters the optimisation (a halved learning rate, a different
@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 
 import workloads as W
-from workloads import compare
+from workloads import convergence, references
 
 FRESH_SEED = 1000
 # fresh seeds per workload, chosen so the whole file takes seconds on 2 shared cores
@@ -27,42 +27,42 @@ FRESH = {"regression": 5, "mlp_sgd": 5, "mlp_adam": 3, "classification": 5}
 
 @pytest.mark.parametrize("workload", W.workload_names())
 def test_every_workload_ships_a_reference(workload):
-    reference = compare.load_reference(workload)
-    assert reference is not None, f"missing {compare.reference_path(workload)}"
+    reference = references.load_reference(workload)
+    assert reference is not None, f"missing {references.reference_path(workload)}"
     wl = W.get_workload(workload)
     assert reference["seeds"] == list(range(25))
     assert reference["style"] == "raw" and reference["device"] == "cpu" and reference["threads"] == 1
     assert reference["lr"] == wl.optimizer.lr and reference["target"] == wl.target
     assert reference["versions"]["torch"] and "converge" in reference["generated_by"]
-    assert reference["summary"] == compare.summarise(reference["runs"])
-    assert reference["eval_every"] == compare.eval_interval(workload)
+    assert reference["summary"] == convergence.summarise(reference["runs"])
+    assert reference["eval_every"] == convergence.eval_interval(workload)
 
 
 def test_classification_reference_records_its_dead_classes():
     """Under the documented ReLU on the logits some seeds lose a class for good."""
-    summary = compare.load_reference("classification")["summary"]
+    summary = references.load_reference("classification")["summary"]
     assert summary["dead_class_seeds"], summary
     assert set(summary["dead_class_seeds"]) <= set(summary["never_reached_seeds"])
 
 
 @pytest.mark.parametrize("workload", list(FRESH))
 def test_fresh_seeds_are_consistent_with_the_reference(workload):
-    reference = compare.load_reference(workload)
+    reference = references.load_reference(workload)
     seeds = range(FRESH_SEED, FRESH_SEED + FRESH[workload])
-    runs = compare.converge_runs(workload, seeds, style="raw", steps=compare.check_cap(reference))
-    verdict = compare.check_consistency(reference, runs)
+    runs = convergence.converge_runs(workload, seeds, style="raw", steps=convergence.check_cap(reference))
+    verdict = convergence.check_consistency(reference, runs)
     assert verdict["ok"], "\n".join(verdict["lines"] + [str(r) for r in runs])
 
 
 def paired_rerun(workload: str, lr=None) -> tuple:
     """Re-run the reference's median seed (raw, CPU, one thread) and return
     (fresh steps-to-target or None, the reference's, the evaluation interval)."""
-    reference = compare.load_reference(workload)
-    seed = compare.typical_seed(workload)
+    reference = references.load_reference(workload)
+    seed = references.typical_seed(workload)
     (ref_run,) = [r for r in reference["runs"] if r["seed"] == seed]
-    q = compare.eval_interval(workload)
+    q = convergence.eval_interval(workload)
     cap = 2 * ref_run["steps_to_target"] + q  # a 2x slower optimiser still stops here
-    (fresh,) = compare.converge_runs(workload, [seed], style="raw", lr=lr, steps=cap)
+    (fresh,) = convergence.converge_runs(workload, [seed], style="raw", lr=lr, steps=cap)
     return fresh["steps_to_target"] if fresh["reached"] else None, ref_run["steps_to_target"], q
 
 

@@ -15,7 +15,8 @@ import torch
 
 import workloads as W
 from workloads import lenet
-from workloads.cli import _rank_argv, build_parser, main
+from workloads.cli import build_parser, main
+from workloads.commands.run import _rank_argv
 from workloads.fused import FusedAdam, FusedSGD
 from workloads.optimizers import RawAdam, RawSGD
 from workloads.registry import OptimizerSpec

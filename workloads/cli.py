@@ -1,28 +1,22 @@
-"""Command line: argument parsing, progress and tables; nothing else.
+"""Command line: the parser built from the commands' modules, and the entry point.
 
-``torchloops list`` and ``torchloops run``.  Bad input ends with one line on
-stderr naming what is valid and exit status 2, before anything runs or is written.
-
-``run --device ddp --nproc N`` starts N ranks of this same command with
-``torchrun --standalone`` (see :func:`workloads.distributed.launch`); each rank
-is ``run --device ddp`` under torchrun, and rank 0 alone prints and writes.
+Every command is a module of :mod:`workloads.commands` (``list``, ``run``, ``compare``,
+``converge``, ``compile``, ``diff``, ``profile``, ``count``); this module adds each one's
+sub-parser, dispatches to it, and turns what it raises into one line and an exit status:
+bad input ends with one line on stderr naming what is valid and exit status 2, before
+anything runs or is written; SIGINT and SIGTERM end a command with 130 and 143, every
+file written before it unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
 import sys
-import tempfile
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
-from .console import check_json_path, comparison_cell, format_table, progress_trackers, seconds_interval, positive_float, positive_int, progress_bar, seconds, write_json_atomic
-from .console import seed as seed_type
-from . import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, commands, compare, configure, distributed
+from . import UsageError, commands, distributed
 from .graphs import CaptureUnsafe
-from .interleave import run_interleaved
 
 PROG = "torchloops"
 
@@ -32,327 +26,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _style_list(text: str) -> str:
-    """argparse type: ``all``, a style, or styles separated by commas (each once)."""
-    names = text.split(",")
-    valid = STYLES.names()
-    if text != "all" and (any(n not in valid for n in names) or len(set(names)) != len(names)):
-        raise argparse.ArgumentTypeError(
-            f"invalid choice: {text!r} (choose all, or one or more of {', '.join(valid)} separated by commas, each once)")
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """``torchloops``'s parser: one sub-command per module of :data:`workloads.commands.NAMES`."""
     parser = _Parser(prog=PROG, description="The documented PyTorch workloads in four equivalent styles, timed.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("list", help="workloads, styles and placements (with why a placement is unavailable)")
-    r = sub.add_parser("run", help="train workloads and print a table of their records")
-    r.add_argument("workload", nargs="?", default="all", choices=WORKLOADS.names() + ["all"], metavar="WORKLOAD|all")
-    r.add_argument("--style", default="all", type=_style_list, metavar="S[,S...]|all",
-                   help="a style, several separated by commas (timed interleaved), or all (default)")
-    r.add_argument("--device", default="cpu", choices=PLACEMENTS.names())
-    r.add_argument("--seed", type=seed_type, default=0)
-    r.add_argument("--epochs", type=positive_int)
-    r.add_argument("--steps", type=positive_int, help="cap on the total number of optimizer steps")
-    r.add_argument("--lr", type=positive_float)
-    r.add_argument("--weight-decay", type=float, metavar="X",
-                   help="the optimizer's L2 penalty, torch.optim's weight_decay (finite, >= 0; default 0)")
-    r.add_argument("--batch-size", type=positive_int)
-    r.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")
-    r.add_argument("--until-target", action="store_true", help="stop each run at its quality target")
-    r.add_argument("--nproc", type=positive_int, metavar="N",
-                   help="with --device ddp: start N ranks on this machine (torchrun --standalone)")
-    r.add_argument("--backend", choices=distributed.BACKENDS,
-                   help="with --device ddp: the process group's backend (gloo: CPU ranks; nccl: one GPU per "
-                   "rank; default nccl when CUDA is visible, else gloo)")
-    r.add_argument("--json", metavar="PATH", help="write the list of result records here")
-    r.add_argument("--step-losses", action="store_true",
-                   help="keep every step's training loss (of the global batch) in the JSON records")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--deterministic", action="store_true",
-                   help="torch.use_deterministic_algorithms(True), cuDNN deterministic (recorded in the JSON)")
-    r.add_argument("--save", metavar="PATH",
-                   help="one workload and one style: save the trained model (and torch.optim state) here")
-    compare.add_commands(sub)  # compare, converge (workloads/compare.py)
-    c = sub.add_parser("compile", help="torch.compile of the module step: compile time apart from the "
-                       "steady-state step, against eager (a measurement, not a style)")
-    c.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="default: every workload")
-    c.add_argument("--steps", type=positive_int, default=300, help="steps of each of the two runs (default 300)")
-    c.add_argument("--seed", type=seed_type, default=0)
-    c.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    c.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
-    c.add_argument("--mode", default=None, choices=["default", "reduce-overhead", "max-autotune",
-                                                    "max-autotune-no-cudagraphs"])
-    c.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")
-    size = c.add_mutually_exclusive_group()
-    size.add_argument("--rows", type=positive_int, help="training rows (the scaling benchmarks' tiling)")
-    size.add_argument("--batch-size", type=positive_int)
-    size.add_argument("--hidden", type=positive_int, help="hidden width (classification, mlp_sgd, mlp_adam)")
-    c.add_argument("--json", metavar="PATH", help="write the list of records here")
-    for name, module in commands.modules().items():
-        module.add_parser(sub)
-        COMMANDS[name] = module.main
+    for module in commands.modules().values():
+        module.add_parser(sub).set_defaults(handler=module.main)
     return parser
-
-
-RUN_HEADERS = ("workload", "style", "device", "steps", "train loss", "test loss", "metric", "target",
-               "to target", "time to target", "step median [95 % CI]", "vs reference", "train time", "notes")
-RUN_FOOTNOTE = ("step median: of all timed steps; its interval: bootstrap over blocks of 10 steps.  vs reference: "
-                "step time over the reference style's (module, else the first), paired per interleaved round, "
-                "with its 95 % interval; \u2248 same: the interval straddles 1 or lies within \u00b13 %.")
-
-
-def _row(record: dict) -> List[str]:
-    arrow = ">=" if record["higher_is_better"] else "<="
-    notes = []
-    if record["diverged"]:
-        at = record.get("diverged_at_step")
-        notes.append("DIVERGED" + (f" at step {at}" if at is not None else ""))
-    if record["dead_classes"]:
-        notes.append(f"dead class {','.join(map(str, record['dead_classes']))} (never predicted)")
-    if record.get("graph_replays") is not None:
-        notes.append(f"{record['graph_replays']} steps replayed from {record['graph_captures']} CUDA graph(s)")
-    reached = f"step {record['steps_to_target']}" if record["reached_target"] else "not reached"
-    times = [seconds(record["time_to_target_s"]),
-             seconds_interval(record["step_time_median_s"], record.get("step_time_interval_s")),
-             comparison_cell(record), seconds(record["train_time_s"])]
-    if record["diverged"]:
-        times = ["-"] * 4  # a diverged run's time is not a result
-    device = record["device"]
-    if record.get("backend"):
-        device += f" {record['world_size']}x{record['backend']}"
-    return [
-        record["workload"], record["style"], device, str(record["steps"]),
-        f"{record['final_train_loss']:.5g}", f"{record['test_loss']:.5g}",
-        f"{record['metric']}={record['metric_value']:.4g}", f"{arrow} {record['target']:g}",
-        reached, *times, "; ".join(notes),
-    ]
-
-
-def cmd_list(_args) -> int:
-    rows = []
-    for w in WORKLOADS.entries.values():
-        arrow = ">=" if w.metric.higher_is_better else "<="
-        batch = "full" if w.batch_size is None else str(w.batch_size)
-        rows.append([w.name, w.summary, f"{w.epochs}", batch, f"{w.metric.name} {arrow} {w.target:g}"])
-    print(format_table(("workload", "model / loss / optimizer", "epochs", "batch", "target"), rows))
-    print()
-    print(format_table(("style", "what it is"), [[s.name, s.description] for s in STYLES.entries.values()]))
-    print()
-    rows = []
-    for p in PLACEMENTS.entries.values():
-        avail = p.availability()
-        if avail.ok:
-            here = "available"
-        elif hasattr(p, "launch_availability") and p.launch_availability(None).ok:
-            here = "via torchrun"  # not in this process, but `run --device ddp --nproc N` starts it
-        else:
-            here = "unavailable"
-        rows.append([p.name, here, p.description if avail.ok else avail.reason])
-    print(format_table(("placement", "here", "what it is / why not"), rows))
-    return 0
-
-
-def _check_ddp_arguments(args) -> bool:
-    """Whether this process is a ddp rank; bad combinations of --device/--nproc are usage errors."""
-    rank_mode = args.device == "ddp" and distributed.launched_by_torchrun()
-    if args.nproc is not None and args.device != "ddp":
-        raise UsageError(f"--nproc starts ddp ranks; it does not apply to --device {args.device}")
-    if rank_mode and args.nproc is not None:
-        raise UsageError(
-            f"this process is already rank {distributed.rank()} of {distributed.world_size()} "
-            "started by torchrun; leave --nproc out"
-        )
-    if args.device == "ddp" and not rank_mode and args.nproc is None:
-        raise UsageError(
-            "--device ddp runs one process per rank: add --nproc N to start N ranks here, "
-            "or start this command with torchrun (see `torchloops list`)"
-        )
-    return rank_mode
-
-
-def _rank_argv(args, json_path: str) -> List[str]:
-    """This command as each rank runs it under torchrun (no --nproc; results to json_path)."""
-    argv = ["run", args.workload, "--style", args.style, "--device", "ddp", "--seed", str(args.seed),
-            "--threads", str(args.threads), "--json", json_path]
-    if args.backend is not None:
-        argv += ["--backend", args.backend]
-    for flag, value in (("--epochs", args.epochs), ("--steps", args.steps), ("--lr", args.lr),
-                        ("--batch-size", args.batch_size), ("--weight-decay", args.weight_decay)):
-        if value is not None:
-            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
-    for flag, on in (("--until-target", args.until_target), ("--quiet", args.quiet),
-                     ("--step-losses", args.step_losses), ("--deterministic", args.deterministic)):
-        if on:
-            argv.append(flag)
-    return argv
-
-
-def _launch_ranks(args) -> int:
-    """Start the ranks with torchrun --standalone; report every failed rank in one line."""
-    if args.json:
-        json_path, scratch = os.path.abspath(args.json), None
-    else:  # rank 0 hands its records back through a scratch file (to see divergence)
-        fd, scratch = tempfile.mkstemp(prefix="torchloops-ddp-", suffix=".json")
-        os.close(fd)
-        json_path = scratch
-    try:
-        status, failure = distributed.launch(
-            args.nproc, ["-m", "workloads", *_rank_argv(args, json_path)], threads=args.threads
-        )
-        if status:
-            print(f"{PROG}: error: ddp run with {args.nproc} ranks failed: {failure}", file=sys.stderr)
-            return status
-        with open(json_path) as handle:
-            records = json.load(handle)
-    finally:
-        if scratch is not None and os.path.exists(scratch):
-            os.unlink(scratch)
-    return _diverged_status(records)
-
-
-def _diverged_status(records) -> int:
-    """Exit 1 with one line when any run diverged: its numbers are not a result."""
-    diverged = [r for r in records if r["diverged"]]
-    if diverged:
-        where = ", ".join(
-            f"{r['workload']}/{r['style']} at step {r.get('diverged_at_step')} (lr {r['lr']:g})" for r in diverged
-        )
-        print(f"{PROG}: error: {len(diverged)} run(s) diverged (NaN or infinite training loss): {where}",
-              file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_run(args) -> int:
-    if args.json is not None:
-        check_json_path(args.json)
-    if args.save is not None:
-        if args.workload == "all" or args.style == "all" or "," in args.style:
-            raise UsageError("--save keeps one model: name one workload and one --style")
-        if args.device == "ddp":
-            raise UsageError("--save applies to single-process runs, not --device ddp")
-        check_json_path(args.save, "--save")
-        if args.nproc is not None:
-            raise UsageError("--save applies to single-process runs, not --nproc")
-    rank_mode = _check_ddp_arguments(args)
-    if args.backend is not None and args.device != "ddp":
-        raise UsageError(f"--backend chooses the ddp process group's backend; it does not apply to --device {args.device}")
-    distributed.select_backend(args.backend)  # before configure: the checks depend on it
-    names = WORKLOADS.names() if args.workload == "all" else [args.workload]
-    styles = STYLES.names() if args.style == "all" else args.style.split(",")
-    overrides = dict(epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                     threads=args.threads, until_target=args.until_target, nproc=args.nproc,
-                     deterministic=args.deterministic, weight_decay=args.weight_decay)
-    # Check every combination before training anything: bad input never costs a run.
-    planned = []
-    for name in names:
-        for style in styles:
-            try:
-                planned.append((name, style, configure(name, style, args.device, args.seed, **overrides), None))
-            except Unavailable as why:
-                planned.append((name, style, None, str(why)))
-    if args.nproc is not None and any(config is not None for _, _, config, _ in planned):
-        return _launch_ranks(args)
-    if rank_mode:
-        distributed.stop_with_launcher()
-        try:
-            return _run_planned(args, planned, rank_mode)
-        finally:
-            distributed.shutdown()
-    return _run_planned(args, planned, rank_mode)
-
-
-def _run_planned(args, planned, rank_mode: bool) -> int:
-    """Train every planned run in this process (a ddp rank: its part); the main process reports.
-
-    The styles of one workload are timed interleaved (:mod:`workloads.interleave`), each
-    compared with the reference style (``module`` when it is among them, else the first).
-    """
-    main_process = not rank_mode or distributed.rank() == 0
-    records, rows = [], []
-    for name in dict.fromkeys(n for n, _, _, _ in planned):
-        group = [p for p in planned if p[0] == name]
-        for _, style, config, skipped in group:
-            if config is None:
-                rows.append([name, style, args.device] + ["-"] * 10 + [f"skipped: {skipped}"])
-        configs = [config for _, _, config, _ in group if config is not None]
-        if not configs:
-            continue
-        for result in _run_group(args, name, configs, main_process):
-            record = result.to_dict()
-            records.append(record)
-            rows.append(_row(record))
-    if not main_process:
-        return 0
-    print(format_table(RUN_HEADERS, rows), flush=True)
-    print(RUN_FOOTNOTE, flush=True)
-    if args.json:
-        write_json_atomic(args.json, records)
-    if rank_mode and distributed.launched_by_torchloops():
-        return 0  # the launching process reads the records and reports divergence
-    return _diverged_status(records)
-
-
-def _run_group(args, name: str, configs, main_process: bool):
-    """One workload's configurations, interleaved; saves the trained model with --save."""
-    styles = [c.style.name for c in configs]
-    reference = styles.index("module") if "module" in styles else 0
-    bar = progress_bar(args.quiet or not main_process, f"{name}/{','.join(styles) if len(styles) < 3 else 'styles'}")
-    if bar is not None:
-        bar.reset(total=sum(c.total_steps for c in configs))
-    progress = progress_trackers(bar, len(configs))
-    trained = {}
-    hooks = [(lambda trainer: trained.update(trainer=trainer)) if args.save else None] * len(configs)
-    try:
-        results = run_interleaved(configs, reference=reference, progress=progress,
-                                  record_step_losses=args.step_losses, trainer_hooks=hooks)
-    finally:
-        if bar is not None:
-            bar.close()
-    if args.save and not results[0].diverged:  # a diverged model is not saved over a good one
-        checkpoint.save_trainer(args.save, name, trained["trainer"],
-                                info={"style": styles[0], "seed": args.seed, "steps": results[0].steps})
-    return results
-
-
-def cmd_compile(args) -> int:
-    from . import compiled
-
-    names = list(dict.fromkeys(args.workloads)) or WORKLOADS.names()
-    for name in names:
-        WORKLOADS.get(name)  # an unknown name: one line listing the valid ones
-    if args.json is not None:
-        check_json_path(args.json)
-    import torch._dynamo
-
-    if args.backend not in torch._dynamo.list_backends(exclude_tags=()):
-        shown = [b for b in torch._dynamo.list_backends(exclude_tags=()) if "TESTING" not in b and "minifier" not in b]
-        raise UsageError(f"--backend {args.backend!r} is not a torch.compile backend; valid: {', '.join(shown)}")
-    scale = dict(rows=args.rows, batch_size=args.batch_size, hidden=args.hidden)
-    if args.hidden is not None:
-        from .benchmarking import scaling_workloads
-
-        wrong = [n for n in names if n not in scaling_workloads()]
-        if wrong:
-            raise UsageError(f"--hidden applies to {', '.join(scaling_workloads())}, not {', '.join(wrong)}")
-    records = []
-    for name in names:
-        try:
-            record = compiled.measure(name, steps=args.steps, seed=args.seed, backend=args.backend, mode=args.mode,
-                                      threads=args.threads, device=args.device, **scale)
-        except Unavailable as why:
-            print(f"{name}: skipped: {why}", flush=True)
-            continue
-        records.append(record)
-        print(compiled.describe(record), flush=True)
-    if args.json:
-        write_json_atomic(args.json, records)
-    return 0
-
-
-COMMANDS = {"list": cmd_list, "run": cmd_run, "compare": compare.cmd_compare, "converge": compare.cmd_converge,
-            "compile": cmd_compile}
 
 
 class Terminated(BaseException):
@@ -376,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     restore = _on_sigterm()
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        return args.handler(args)
     except UsageError as error:
         print(f"{_who()}: error: {_one_line(error)}", file=sys.stderr)
         return 2

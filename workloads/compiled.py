@@ -1,4 +1,6 @@
-"""Compiled mode: ``torch.compile`` of the ``module`` style's whole training step.
+"""Compiled mode: ``torch.compile`` of the ``module`` style's whole training step (its
+trainer's own bound ``step``; the eager side calls the same method, so the step is
+written once, in :mod:`workloads.styles`).
 
 Not a registered style: compiling costs tens of seconds per workload (measured on the
 2-core CI machine: over a minute for regression's ``Linear(5, 1)``), which the
@@ -13,10 +15,8 @@ from the steady-state step time:
 * ``break_even_steps``: how many steps the compile time takes to pay back (None when
   the compiled step is not faster: it never does).
 
-``torchloops compile [WORKLOAD ...] [--steps N] [--backend inductor] [--device cpu|cuda]
-[--rows N | --batch-size N | --hidden N]`` (or ``python -m workloads.compiled ...``) prints one
-line per workload (``--json PATH`` writes the records); the size options are the scaling
-benchmarks' (one at a time).
+``torchloops compile`` (:mod:`workloads.commands.compile`) reports :func:`measure`'s
+record, one line per workload.
 
 :class:`CompiledStep` is the same compiled step made ready for the benchmark front-ends
 (``benchmarks/compiled.py`` for asv, ``tests/test_bench_training.py`` for pytest-benchmark):
@@ -25,33 +25,16 @@ compiled for every batch shape and warmed up before anything is timed, its compi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
 import statistics
-import sys
 import time
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
-from .registry import WORKLOADS
 from .runner import build, configure
-
-
-def _step_function(trainer):
-    model, criterion, optimizer = trainer.model, trainer.criterion, trainer.optimizer
-
-    def train_step(xb, yb):
-        optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(xb), yb)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return train_step
 
 
 def _batches(config):
@@ -69,6 +52,25 @@ def _config(workload: str, steps: int, seed: int, scale: dict, device: str = "cp
     return dataclasses.replace(config, epochs=epochs, total_steps=steps, eval_every=steps)
 
 
+def _time_steps(step, batches, placement, compiling: bool) -> dict:
+    """Every batch through ``step``: each call's time and loss.  ``compiling``: a call that meets a
+    batch shape for the first time traces and compiles; its time is compile time, not a step's."""
+    seen, compile_s, times, losses = set(), 0.0, [], []
+    for xb, yb in batches:
+        clock = time.perf_counter()
+        loss = step(xb, yb)
+        placement.sync()  # queued device work belongs to this step's time
+        elapsed = time.perf_counter() - clock
+        losses.append(float(loss))
+        shape = (tuple(xb.shape), tuple(yb.shape))
+        if compiling and shape not in seen:
+            seen.add(shape)
+            compile_s += elapsed
+        else:
+            times.append(elapsed)
+    return {"compile_s": compile_s, "times": times, "losses": losses}
+
+
 def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "inductor",
             mode: Optional[str] = None, threads: int = 1, device: str = "cpu", **scale) -> dict:
     """Eager and compiled ``module`` steps over the same batches from the same parameters.
@@ -83,25 +85,11 @@ def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "indu
         batches = _batches(config)
         records = {}
         for kind in ("eager", "compiled"):
-            trainer = build(config)[0]
-            step = _step_function(trainer)
+            step = build(config)[0].step  # the module style's own step, eager or compiled
             if kind == "compiled":
                 torch._dynamo.reset()
                 step = torch.compile(step, backend=backend, mode=mode)
-            seen, compile_s, times, losses = set(), 0.0, [], []
-            for xb, yb in batches:
-                clock = time.perf_counter()
-                loss = step(xb, yb)
-                config.placement.sync()  # queued device work belongs to this step's time
-                elapsed = time.perf_counter() - clock
-                losses.append(float(loss))
-                shape = (tuple(xb.shape), tuple(yb.shape))
-                if kind == "compiled" and shape not in seen:
-                    seen.add(shape)
-                    compile_s += elapsed
-                else:
-                    times.append(elapsed)
-            records[kind] = {"compile_s": compile_s, "times": times, "losses": losses}
+            records[kind] = _time_steps(step, batches, config.placement, compiling=kind == "compiled")
     finally:
         torch.set_num_threads(previous)
     eager = statistics.median(records["eager"]["times"])
@@ -152,7 +140,7 @@ class CompiledStep:
         self.batches = _batches(self.config)
         self.trainer = build(self.config)[0]
         torch._dynamo.reset()
-        self._step = torch.compile(_step_function(self.trainer), backend=self.backend)
+        self._step = torch.compile(self.trainer.step, backend=self.backend)
         self._index = 0
         seen = set()
         clock = time.perf_counter()
@@ -185,23 +173,3 @@ class CompiledStep:
         return {"workload": self.config.workload.name, "style": "module", "mode": "torch.compile",
                 "backend": self.backend, "compile_s": self.compile_s, "threads": self.config.threads,
                 "seed": self.config.seed, "torch_version": torch.__version__}
-
-
-def describe(r: dict) -> str:
-    pays = (f"pays back after {r['break_even_steps']:,.0f} steps" if r["break_even_steps"] is not None
-            else "never pays off (the compiled step is not faster)")
-    scale = "".join(f" {k}={v}" for k, v in r.get("scale", {}).items())
-    return (f"{r['workload']}{scale}: compile {r['compile_s']:.1f} s ({r['backend']}); step median "
-            f"{r['step_median_s'] * 1e6:.0f} us compiled vs {r['eager_step_median_s'] * 1e6:.0f} us eager "
-            f"({r['speedup']:.2f}x); {pays}; max relative loss difference {r['max_rel_loss_diff']:.1e}")
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m workloads.compiled ...`` is ``torchloops compile ...``."""
-    from .cli import main as cli_main
-
-    return cli_main(["compile", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

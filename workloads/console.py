@@ -1,7 +1,9 @@
-"""What every command shares: argument types, tables, progress bars and atomic JSON files.
+"""What every command shares: argument types, the table formatter, progress bars, output
+paths checked before any work, and atomic JSON files.
 
-The commands (``cli.py``, ``compare.py``, ``scripts/gpu_check.py``) import these;
-nothing here knows a workload.
+The commands (:mod:`workloads.commands`) and ``scripts/gpu_check.py`` print every table
+with :func:`format_table`; nothing here knows a workload, and nothing here imports the
+runner or a command.
 """
 
 from __future__ import annotations
@@ -146,6 +148,21 @@ def check_json_path(path: str, option: str = "--json") -> None:
         raise UsageError(f"{option} {path!r}: folder {folder!r} does not exist")
     if not os.access(folder, os.W_OK):
         raise UsageError(f"{option} {path!r}: folder {folder!r} is not writable")
+
+
+def check_out_dir(path: str, option: str = "--out") -> None:
+    """Fail before any work if the folder ``path`` cannot be created (or used) there."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {path!r} exists and is not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{option} {path!r}: {existing!r} is not a directory")
+    try:  # a real probe: os.access says yes to root even where the filesystem refuses (/proc)
+        os.rmdir(tempfile.mkdtemp(prefix=".torchloops-probe-", dir=existing))
+    except OSError as error:
+        raise UsageError(f"{option} {path!r}: cannot create folders in {existing!r} ({error.strerror})") from None
 
 
 @contextlib.contextmanager

@@ -23,21 +23,14 @@ What a rank does differently from the single-process run, and nothing else:
   ``all_reduce`` after training sums them (no extra collective inside a step);
 * **evaluation** runs on every rank's identical replica; rank 0 reports, and the
   decision to stop (target reached, divergence) is agreed by all ranks.
-
-:func:`launch` is ``torchrun --standalone --nproc-per-node N`` run in this
-process (``torch.distributed.run``, so the rendezvous port is chosen by the OS
-and concurrent runs never collide), with every failed rank reported.
 """
 
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 import platform
-import signal
-import sys
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -47,9 +40,6 @@ from .styles import ModuleTrainer, RawTrainer
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("TORCHLOOPS_DDP_TIMEOUT_S", "600")))
-# Set for the ranks of `torchloops run ... --nproc N`: the launching process reports for them.
-LAUNCHED_ENV = "TORCHLOOPS_LAUNCHED"
-LAUNCHER_PID_ENV = "TORCHLOOPS_LAUNCHER_PID"  # the process whose death stops the ranks
 
 
 def _dist():
@@ -64,34 +54,6 @@ def _dist():
 def launched_by_torchrun() -> bool:
     """True inside a process that torchrun (or any ``env://`` launcher) started as a rank."""
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-
-
-def launched_by_torchloops() -> bool:
-    return os.environ.get(LAUNCHED_ENV) == "1"
-
-
-def stop_with_launcher() -> None:
-    """In a rank that ``torchloops run --nproc`` started: ask Linux to send this process
-    SIGTERM when its parent (the launcher, which runs torchrun's agent) dies, even by
-    SIGKILL, which leaves the agent no chance to stop its ranks.  The rank then ends like
-    any terminated run (one line, status 143) instead of training on as an orphan."""
-    if not launched_by_torchloops():
-        return
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # workloads/__init__.py's start-up handler ends
-    launcher = os.environ.get(LAUNCHER_PID_ENV)
-    if not launcher or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-            return
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != int(launcher):  # the launcher died before the request: act on it now
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 BACKENDS = ("gloo", "nccl")
@@ -326,63 +288,3 @@ def wrap(model: nn.Module) -> nn.Module:
 
     ids = [device().index] if use_cuda() else None
     return DistributedDataParallel(model, device_ids=ids)
-
-
-# --- launching -------------------------------------------------------------------------------
-
-
-def torchrun_argv(nproc: int, python_args: Sequence[str]) -> List[str]:
-    """The torchrun arguments of a standalone single-node run of ``python <python_args>``."""
-    if python_args and python_args[0] == "-m":
-        target = ["-m", *python_args[1:]]
-    else:
-        target = ["--no-python", sys.executable, *python_args]
-    return ["--standalone", f"--nproc-per-node={nproc}", *target]
-
-
-def describe_failures(failures: dict) -> str:
-    """One line naming every failed rank and how it ended (first failure first)."""
-    order = sorted(failures, key=lambda r: (failures[r].timestamp, r))
-    parts = []
-    for r in order:
-        code = failures[r].exitcode
-        if code is not None and code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        else:
-            how = f"exited with status {code}"
-        parts.append(f"rank {r} {how}")
-    return "; ".join(parts)
-
-
-def launch(nproc: int, python_args: Sequence[str], threads: int = 1) -> Tuple[int, Optional[str]]:
-    """Run ``python <python_args>`` as ``nproc`` ranks with ``torchrun --standalone``.
-
-    Returns ``(status, message)``: ``(0, None)`` when every rank succeeded, else a
-    non-zero status and one line naming every failed rank (each rank writes its own
-    error to stderr itself).
-    """
-    from torch.distributed import run as torchrun
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    # torchrun sets OMP_NUM_THREADS=1 with a banner when unset; the runner sets threads itself.
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    os.environ[LAUNCHED_ENV] = "1"
-    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
-    # The agent logs each failure as it sees it; the one-line summary below says it once.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    try:
-        torchrun.run(torchrun.parse_args(torchrun_argv(nproc, python_args)))
-    except ChildFailedError as error:
-        codes = [f.exitcode for f in error.failures.values()]
-        status = 2 if codes and all(c == 2 for c in codes) else 1
-        return status, describe_failures(error.failures)
-    except SignalException as error:
-        return 128 + int(error.sigval), f"torchrun stopped by {signal.Signals(error.sigval).name}"
-    finally:
-        os.environ.pop(LAUNCHED_ENV, None)
-        os.environ.pop(LAUNCHER_PID_ENV, None)
-    return 0, None

@@ -1,9 +1,15 @@
-"""Commands that live in a module of their own.
+"""The commands of ``torchloops``, one module each.
 
 Each module named in ``NAMES`` exposes ``add_parser(subparsers)`` (adds its sub-command to
-the CLI's parser) and ``main(args) -> int`` (runs it; the exit status).  ``workloads.cli``
-registers every one of them; bad input raises :class:`workloads.UsageError` (one line, exit 2).
-Keep each module's top-level imports light: ``torchloops --help`` imports them all.
+the CLI's parser and returns that sub-parser) and ``main(args) -> int`` (runs it; the exit
+status).  :mod:`workloads.cli` builds its parser from ``NAMES``, in this order (the order
+of ``torchloops --help``), and dispatches to the module that added the sub-command; bad
+input raises :class:`workloads.UsageError` (one line, exit 2).  A module is named after its
+command (``listing``: ``list``, which is a builtin's name).  Keep each module's top-level
+imports light: ``torchloops --help`` imports them all.
+
+The commands sit on top: they may import any module of the package, and nothing in the
+package below them imports a command or :mod:`workloads.cli`.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import importlib
 from types import ModuleType
 from typing import Dict
 
-NAMES: tuple = ("diff", "profile", "count")
+NAMES: tuple = ("listing", "run", "compare", "converge", "compile", "diff", "profile", "count")
 
 
 def modules() -> Dict[str, ModuleType]:

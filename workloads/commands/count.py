@@ -27,7 +27,7 @@ exit status:
 """
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers):
     from ..counting import DEFAULT_STEPS, DEFAULT_WARMUP, HEAVY_WORKLOADS
 
     def _heavy(index: int) -> str:
@@ -50,7 +50,7 @@ def add_parser(subparsers) -> None:
     c.add_argument("--seed", type=seed_type, default=0)
     c.add_argument("--json", metavar="PATH", help="write the list of count records here")
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-
+    return c
 
 
 def main(args) -> int:

@@ -30,7 +30,7 @@ def max_slowdown(text: str) -> float:
     return value
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers):
     p = subparsers.add_parser(
         "diff", help="compare two results files configuration by configuration; exit 1 on a slowdown beyond PCT",
         description="Match the records of BASE and NEW (run --json, count --json or compare's results.json) by "
@@ -42,6 +42,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-slowdown", type=max_slowdown, default=DEFAULT_MAX_SLOWDOWN, metavar="PCT",
                    help=f"percent: fail on a slowdown beyond it (default {DEFAULT_MAX_SLOWDOWN:g}, i.e. "
                    f"{DEFAULT_MAX_SLOWDOWN:g} %%)")
+    return p
 
 
 def main(args) -> int:

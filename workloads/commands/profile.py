@@ -17,8 +17,7 @@ DEFAULT_WARMUP = 10
 DEFAULT_TOP = 15
 
 
-
-def add_parser(subparsers) -> None:
+def add_parser(subparsers):
     from .. import PLACEMENTS, STYLES, WORKLOADS
 
     p = subparsers.add_parser("profile", help="one style's training step by ATen operation (torch.profiler), "
@@ -36,6 +35,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top", type=positive_int, default=DEFAULT_TOP,
                    help=f"ATen operations listed (default {DEFAULT_TOP}; the rest summed in one row)")
     p.add_argument("--trace", metavar="PATH", help="write torch.profiler's Chrome trace (JSON) here")
+    return p
 
 
 def _skip_reason(device: str) -> str:

@@ -14,10 +14,13 @@ What a rank does differently from the single-process run, and nothing else:
 * **loss weighting**: a shard of ``n_r`` rows of a global batch of ``N`` has the
   share ``n_r / N``.  The global-batch mean gradient is ``sum_r share_r * g_r``
   (``g_r`` the shard-mean gradient): DDP averages gradients over the ``W`` ranks,
-  so the nn styles back-propagate ``loss_r * share_r * W``; the ``raw`` style
-  back-propagates ``loss_r * share_r`` and sums the gradients itself with one
-  ``all_reduce`` (the shard-size-weighted average), then runs its hand-written
-  update.  With equal shards both are the plain average of the rank gradients;
+  so the nn styles back-propagate ``loss_r * share_r * W``; the styles without a module
+  (raw, fused, the notes' raw loop) back-propagate ``loss_r * share_r`` (fused: scale their
+  flat gradient) and sum the gradients with one ``all_reduce`` (the shard-size-weighted
+  average), then run their update.  Both are the ddp placement's
+  :class:`~workloads.placements.Reduction`, called by each style's one ``step``; a batch
+  carries its share as its weight, ``(x, y, weight)``.  With equal shards both are the plain
+  average of the rank gradients;
 * **the recorded loss** of a step is the global-batch loss
   ``sum_r share_r * loss_r``: each rank keeps its weighted shard losses and one
   ``all_reduce`` after training sums them (no extra collective inside a step);
@@ -30,13 +33,12 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .data import BatchEntry, Split
-from .styles import ModuleTrainer, RawTrainer
+from .data import BatchEntry, entry_size
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("TORCHLOOPS_DDP_TIMEOUT_S", "600")))
@@ -191,10 +193,6 @@ def shard_sizes(n: int, world: int) -> List[int]:
     return [base + (1 if r < extra else 0) for r in range(world)]
 
 
-def entry_size(entry: BatchEntry) -> int:
-    return entry.stop - entry.start if isinstance(entry, slice) else int(entry.numel())
-
-
 def shard_entry(entry: BatchEntry, rank_: int, world: int) -> Tuple[BatchEntry, float]:
     """This rank's contiguous part of one global batch, and its share ``n_r / N``."""
     n = entry_size(entry)
@@ -215,72 +213,13 @@ def smallest_batch(n_train: int, batch_size: Optional[int]) -> int:
 
 
 def shard_plan(plan, rank_: int, world: int):
-    """Per epoch: this rank's plan entries, and their shares of the global batches."""
+    """Per epoch: this rank's plan entries, and their weights (shares of the global batches)."""
     local, shares = [], []
     for epoch in plan:
         parts = [shard_entry(entry, rank_, world) for entry in epoch]
         local.append([p for p, _ in parts])
         shares.append([s for _, s in parts])
     return local, shares
-
-
-class ShardedBatcher:
-    """A style's own batcher (manual slicing or ``DataLoader``) over this rank's shards,
-    yielding each batch with its share of the global batch."""
-
-    def __init__(self, make_batcher, split: Split, plan, rank_: int, world: int):
-        local, self.shares = shard_plan(plan, rank_, world)
-        self.inner = make_batcher(split, local)
-
-    def epoch(self, index: int) -> Iterator[tuple]:
-        for (xb, yb), share in zip(self.inner.epoch(index), self.shares[index]):
-            yield xb, yb, share
-
-
-# --- trainers --------------------------------------------------------------------------------
-
-
-class ShardedRawTrainer(RawTrainer):
-    """``raw`` under DDP: no wrapper to average gradients, so it does so itself, with one
-    ``all_reduce`` over a flat buffer of all gradients, before its hand-written update."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.numels = [p.numel() for p in self.params]
-
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, share: float) -> torch.Tensor:
-        loss = self.workload.raw_loss(self.workload.raw_forward(self.params, xb), yb)
-        (loss * share).backward()
-        flat = torch.cat([p.grad.reshape(-1) for p in self.params])
-        _dist().all_reduce(flat)  # sum of share-weighted shard gradients = global-batch mean gradient
-        with torch.no_grad():
-            for p, g in zip(self.params, flat.split(self.numels)):
-                p.grad.copy_(g.view_as(p.grad))
-        self.update()
-        return loss.detach() * share
-
-
-class ShardedModuleTrainer(ModuleTrainer):
-    """The nn styles under DDP: the model wrapped in ``DistributedDataParallel`` (which
-    averages gradients over ranks during ``backward``), the loss weighted by ``share * W``."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.world = world_size()
-
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, share: float) -> torch.Tensor:
-        self.optimizer.zero_grad()
-        loss = self.criterion(self.model(xb), yb)
-        (loss * (share * self.world)).backward()
-        self.optimizer.step()
-        return loss.detach() * share
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        # Evaluation on this rank's replica: no DDP forward (no collective, no reducer state).
-        return self.module(x)
-
-
-SHARDED_TRAINERS = {RawTrainer: ShardedRawTrainer, ModuleTrainer: ShardedModuleTrainer}
 
 
 def wrap(model: nn.Module) -> nn.Module:

@@ -108,7 +108,6 @@ class Workload:
     dtype: torch.dtype = torch.float32
     eval_every: Optional[int] = None  # steps between evaluations; None: every epoch
     init: Optional[Callable[[nn.Module], None]] = None  # documented non-default init
-    notes: str = ""
     # The hand-derived forward + backward (no autograd graph) of the ``fused`` style:
     # ``(params, xb, yb) -> (loss, grads)``, params and grads in ``build_module`` order.
     fused_grads: Optional[Callable[[list, torch.Tensor, torch.Tensor], tuple]] = None

@@ -56,7 +56,7 @@ def test_a_signal_to_the_launcher_stops_every_rank(tmp_path, sig, status):
     """``torchloops run --device ddp --nproc 2`` stopped while its ranks train: the signal's
     exit status, no JSON, and no rank left running.  SIGTERM/SIGINT: torchrun's agent stops
     the ranks and the launcher says so in one line.  SIGKILL gives the agent no chance: each
-    rank asked Linux for SIGTERM on its parent's death (``launcher.stop_with_launcher``)."""
+    rank asked Linux to kill it on its parent's death (``launcher.stop_with_launcher``)."""
     out = tmp_path / "ddp.json"
     cmd = [sys.executable, "-m", "workloads", "run", "lenet", "--style", "module", "--device", "ddp",
            "--nproc", "2", "--backend", "gloo", "--quiet", "--json", str(out)]

@@ -11,7 +11,7 @@ that torchrun's agent stops while it is still starting ends quietly with the
 signal's status instead of a ``KeyboardInterrupt`` traceback.  Importing
 ``workloads`` itself installs no handler.  Once the rank's command runs,
 :func:`stop_with_launcher` restores the usual SIGINT handling and ties the rank's
-life to the launcher's.
+life to the launcher's (the rank is killed when the launcher dies).
 
 Nothing here imports torch at module level.
 """
@@ -30,9 +30,9 @@ LAUNCHER_PID_ENV = "TORCHLOOPS_LAUNCHER_PID"  # the process whose death stops th
 
 # A rank's program (``python -c``): the start-up handler first, then the command line.
 RANK_MAIN = """\
-import signal, sys
+import os, signal, sys
 def _stopped_while_starting(signum, _frame):
-    raise SystemExit(128 + signum)
+    os._exit(128 + signum)
 signal.signal(signal.SIGINT, _stopped_while_starting)
 signal.signal(signal.SIGTERM, _stopped_while_starting)
 from workloads.cli import main
@@ -52,10 +52,12 @@ def launched_by_torchloops() -> bool:
 
 def stop_with_launcher() -> None:
     """In a rank that ``torchloops run --nproc`` started: end the start-up handler of SIGINT
-    (:data:`RANK_MAIN`), and ask Linux to send this process SIGTERM when its parent (the
-    launcher, which runs torchrun's agent) dies, even by SIGKILL, which leaves the agent no
-    chance to stop its ranks.  The rank then ends like any terminated run (one line, status
-    143) instead of training on as an orphan."""
+    (:data:`RANK_MAIN`), and ask Linux to kill this process when its parent (the launcher,
+    which runs torchrun's agent and its rendezvous store) dies, even by SIGKILL, which leaves
+    the agent no chance to stop its ranks.  SIGKILL, not SIGTERM: an orphan rank is often
+    blocked inside a collective or a store call to the dead parent (gloo's and the store's
+    timeouts are minutes), where no Python handler runs; and it has no one left to report to.
+    Files it was writing keep their previous content (written atomically)."""
     if not launched_by_torchloops():
         return
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -67,12 +69,12 @@ def stop_with_launcher() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
             return
     except (OSError, AttributeError):
         return
     if os.getppid() != int(launcher):  # the launcher died before the request: act on it now
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def torchrun_argv(nproc: int, python_args: Sequence[str]) -> List[str]:

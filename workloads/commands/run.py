@@ -84,9 +84,14 @@ def main(args) -> int:
     if rank_mode:
         launcher.stop_with_launcher()
         try:
-            return _run_planned(args, planned, rank_mode)
-        finally:
+            status = _run_planned(args, planned, rank_mode)
+        except Exception:
             distributed.shutdown()
+            raise
+        # Not on SIGINT/SIGTERM (BaseException): leaving the group is a conversation with ranks that
+        # are being stopped too; the process ends at once and the OS closes its sockets.
+        distributed.shutdown()
+        return status
     return _run_planned(args, planned, rank_mode)
 
 

@@ -12,6 +12,19 @@ import workloads as W
 WORKLOADS = W.workload_names()
 STYLES = W.STYLES.names()
 
+# Relative tolerance of a trajectory against the module style's (or the single process's) on the
+# CPU: the styles' contract (docs/styles.md).  On a GPU, kernels sum in another order: looser.
+RTOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+GPU_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+# One hand-derived gradient or fused update against autograd / torch.optim (rtol and atol).
+GRAD_TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
+
+
+def needs_placement(name: str):
+    """Skip unless the placement can run here, with its own reason."""
+    available = W.PLACEMENTS.get(name).availability()
+    return pytest.mark.skipif(not available.ok, reason=f"{name} placement unavailable: {available.reason}")
+
 
 def short_run(workload: str, style: str, steps: int, seed: int = 0, **kwargs):
     config = W.configure(workload, style, "cpu", seed, steps=steps, **kwargs)

@@ -24,12 +24,11 @@ import pytest
 import torch
 
 import workloads as W
-from conftest import STYLES, WORKLOADS, short_run
+from conftest import RTOL, STYLES, WORKLOADS, short_run
 from workloads import distributed, launcher
 from workloads.cli import main
 
 STEPS = 60
-RTOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 TIMEOUT_S = 300
 
 

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import workloads as W
-from conftest import STYLES, WORKLOADS, short_run
+from conftest import RTOL, STYLES, WORKLOADS, short_run
 
 STEPS = 60
-RTOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 # --weight-decay: large enough that over STEPS steps its effect on the losses is far beyond the
 # tolerance (so a style that ignored it would fail), small enough to train as usual.  The notes'
 # own value (Adam's weight_decay=0.0001) is checked against torch.optim.Adam in test_weight_decay.py.

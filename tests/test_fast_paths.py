@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import workloads as W
+from conftest import GRAD_TOL
 from workloads.data import batch_plan
 from workloads.cli import main
 from workloads.runner import build
 
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-6)}
 
 
 def _first_batch(workload: str, seed: int = 0):
@@ -45,7 +45,7 @@ def test_fused_gradients_equal_autograd(workload):
     with torch.no_grad():
         fused_loss, grads = wl.fused_grads([p.clone() for p in params], xb, yb)
     assert not fused_loss.requires_grad
-    tol = TOL[wl.dtype]
+    tol = GRAD_TOL[wl.dtype]
     torch.testing.assert_close(fused_loss, loss.detach(), **tol)
     assert len(grads) == len(expected)
     for name, got, want in zip(W.initial_parameters(wl, 0), grads, expected):
@@ -76,7 +76,7 @@ def test_fused_trainer_writes_the_gradients_of_fused_grads_into_its_flat_buffer(
     params = [p.clone(memory_format=torch.contiguous_format) for p in trainer.params]
     want_loss, want = trainer.grads_fn(params, xb, yb)
     loss = trainer._grads(xb, yb)
-    tol = TOL[W.get_workload(workload).dtype]
+    tol = GRAD_TOL[W.get_workload(workload).dtype]
     torch.testing.assert_close(loss, want_loss, **tol)
     for name, got, expected in zip(trainer.names, trainer.grads, want):
         torch.testing.assert_close(got, expected, **tol, msg=lambda m: f"{workload} {name}: {m}")

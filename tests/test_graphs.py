@@ -19,18 +19,16 @@ import pytest
 import torch
 
 import workloads as W
-from conftest import STYLES, WORKLOADS, short_run
+from conftest import GPU_RTOL, RTOL, STYLES, WORKLOADS, needs_placement, short_run
 from workloads.cli import main
 from workloads.graphs import CaptureUnsafe, GraphedTrainer, TracedGraphs, WARMUP_STEPS
 from workloads.runner import build
 
-RTOL = {torch.float64: 1e-9, torch.float32: 1e-5}  # the equivalence tests' contract
-GPU_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}  # as tests/test_placements.py
 STEPS = 12
 
 GRAPH = W.PLACEMENTS.get("cuda_graph")
 CUDA_GRAPH = GRAPH.availability()
-needs_cuda = pytest.mark.skipif(not CUDA_GRAPH.ok, reason=f"cuda_graph placement unavailable: {CUDA_GRAPH.reason}")
+needs_cuda = needs_placement("cuda_graph")
 CAPTURED_STYLES = [s for s in STYLES if not W.STYLES.get(s).capture_problem]
 # The CPU model runs on CPU tensors; torch.optim.Adam(capturable=True) accepts device tensors only.
 TORCH_ADAM_STYLES = {"module", "sequential", "dataloader"}

@@ -21,23 +21,19 @@ import torch
 from torch import nn
 
 import workloads as W
-from conftest import STYLES, WORKLOADS, short_run
+from conftest import GPU_RTOL, STYLES, WORKLOADS, needs_placement, short_run
 from workloads.cli import main
 from workloads.placements import Placement, unwrap_state_dict
 
 CUDA = W.PLACEMENTS.get("cuda").availability()
 DATAPARALLEL = W.PLACEMENTS.get("dataparallel").availability()
-needs_cuda = pytest.mark.skipif(not CUDA.ok, reason=f"cuda placement unavailable: {CUDA.reason}")
-needs_dataparallel = pytest.mark.skipif(
-    not DATAPARALLEL.ok, reason=f"dataparallel placement unavailable: {DATAPARALLEL.reason}"
-)
+needs_cuda = needs_placement("cuda")
+needs_dataparallel = needs_placement("dataparallel")
 needs_two_gpus = pytest.mark.skipif(
     not CUDA.ok or torch.cuda.device_count() < 2,
     reason="DataParallel only scatters a batch over two or more GPUs "
     f"({torch.cuda.device_count() if CUDA.ok else 0} visible)",
 )
-# GPU kernels sum in another order than the CPU's: compare trajectories more loosely.
-GPU_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
 def test_every_placement_says_why_it_is_unavailable():

@@ -67,16 +67,24 @@ def quality_cache():
     return cache
 
 
-def test_params_come_from_the_registries():
-    assert common.WORKLOADS == workloads.WORKLOADS.names()
-    assert common.STYLES == workloads.STYLES.names()
-    assert common.PLACEMENTS == workloads.PLACEMENTS.names()
-    for cls in TRAINING_CLASSES:
-        assert cls.params == [common.WORKLOADS, common.STYLES, common.PLACEMENTS]
-        assert cls.version  # explicit: refactoring the code keeps the history
+# What asv's history is keyed by: each benchmark's parameter values and version.  A rename or a
+# reorder here orphans every recorded result, so the values are written out, not derived.
+ASV_WORKLOADS = ["classification", "regression", "lenet", "mlp_sgd", "mlp_adam"]
+ASV_STYLES = ["raw", "module", "sequential", "dataloader", "as_written", "tuned", "fused"]
+ASV_PLACEMENTS = ["cpu", "cuda", "cuda_graph", "dataparallel", "ddp"]
+ASV_SCALING_WORKLOADS = ["classification", "mlp_sgd", "mlp_adam"]
+
+
+def test_asv_parameters_and_versions_keep_the_history():
+    assert common.WORKLOADS == ASV_WORKLOADS
+    assert common.STYLES == ASV_STYLES
+    assert common.PLACEMENTS == ASV_PLACEMENTS
+    for cls in TRAINING_CLASSES + [training.InstructionCounts]:
+        assert cls.params[:3] == [ASV_WORKLOADS, ASV_STYLES, ASV_PLACEMENTS], cls.__name__
+        assert cls.version == "1", cls.__name__
     for cls in SCALING_CLASSES:
-        assert cls.params[0] == B.scaling_workloads() and cls.version
-        assert {"classification", "mlp_sgd", "mlp_adam"} <= set(cls.params[0])
+        assert cls.params[0] == ASV_SCALING_WORKLOADS and cls.version == "1", cls.__name__
+    assert compiled.Compiled.params[0] == ASV_WORKLOADS and compiled.Compiled.version == "1"
 
 
 def test_timing_policy_is_pinned():

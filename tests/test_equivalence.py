@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import workloads as W
+from workloads.runner import build
 from conftest import RTOL, STYLES, WORKLOADS, short_run
 
 STEPS = 60
@@ -49,14 +50,18 @@ def test_styles_agree_on_evaluated_losses(trajectories, workload):
 
 
 def test_every_style_starts_from_the_same_parameters(workload):
-    """The canonical initial parameters are a function of the seed alone."""
-    a = W.initial_parameters(W.get_workload(workload), 3)
-    b = W.initial_parameters(W.get_workload(workload), 3)
-    c = W.initial_parameters(W.get_workload(workload), 4)
-    assert list(a) == list(b)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    """Every style's trainer, as built for a run, holds the canonical initial parameters of the
+    seed, by name and value; those are a function of the seed alone."""
+    wl = W.get_workload(workload)
+    a, b, c = (W.initial_parameters(wl, seed) for seed in (3, 3, 4))
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-    assert all(p.dtype == W.get_workload(workload).dtype for p in a.values())
+    assert all(p.dtype == wl.dtype for p in a.values())
+    for style in STYLES:
+        trainer = build(W.configure(workload, style, "cpu", 3, steps=1))[0]
+        state = trainer.state_dict()
+        assert list(state) == list(a), style
+        assert all(torch.equal(state[k], a[k]) for k in a), style
 
 
 @pytest.fixture(scope="module")

@@ -243,7 +243,7 @@ def graph_job(job):
     eager_config, _ = _configure(job, "cuda", steps=steps)
     graphed_config, note = _configure(job, "cuda_graph", steps=steps)
     eager = W.run(eager_config, record_step_losses=True)
-    graphed = W.run(dataclasses.replace(graphed_config, split=eager_config.split), record_step_losses=True)
+    graphed = W.run(dataclasses.replace(graphed_config, split=eager_config.data()), record_step_losses=True)
     pairs = list(zip(eager.step_losses, graphed.step_losses))
     worst = max((abs(a - b) / max(abs(a), 1e-300) for a, b in pairs), default=math.inf)
     return {"eager_median_s": eager.step_time_median_s, "graphed_median_s": graphed.step_time_median_s,

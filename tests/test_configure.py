@@ -34,3 +34,21 @@ def test_batch_size_is_checked_against_the_declared_rows():
     with pytest.raises(W.UsageError, match="valid: 1 to 800"):
         W.configure("regression", "module", "cpu", 0, batch_size=801)
     assert W.configure("regression", "module", "cpu", 0, batch_size=800).batch_size == 800
+
+
+@pytest.mark.parametrize("option,keyword,value,rule", [
+    ("--steps", "steps", 0, "must be a positive integer"),
+    ("--lr", "lr", -1.0, "must be a positive finite number"),
+    ("--seed", "seed", -1, "must be an integer from 0 to 4294967295"),
+    ("--threads", "threads", 0, "must be a positive integer"),
+])
+def test_the_command_line_and_configure_apply_one_rule(capsys, option, keyword, value, rule):
+    """One validation layer: the CLI's argument type and configure refuse the same value with the
+    same rule (workloads.validation), each naming the option."""
+    from workloads.cli import main
+
+    with pytest.raises(W.UsageError, match=f"--{keyword} {rule}"):
+        W.configure("regression", "module", "cpu", **{keyword: value})
+    assert main(["run", "regression", option, str(value), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert option in err and rule in err and err.count("\n") == 1

@@ -27,7 +27,8 @@ from .interleave import paired_records, run_interleaved
 from .placements import PLACEMENTS
 from .references import load_reference, typical_seed
 from .registry import WORKLOADS, UsageError
-from .runner import BLOCK_STEPS, MAX_SEED, Unavailable, configure
+from .data import MAX_SEED
+from .runner import BLOCK_STEPS, Unavailable, configure
 from .stats import Estimate, median_interval, two_sample_ratio, verdict
 from .styles import STYLES
 

@@ -166,7 +166,7 @@ class CompiledStep:
         from .benchmarking import Diverged
         from .runner import evaluate
 
-        if not math.isfinite(evaluate(self.trainer, self.config.workload, self.config.split)["train_loss"]):
+        if not math.isfinite(evaluate(self.trainer, self.config.workload, self.config.data())["train_loss"]):
             raise Diverged(f"{self.config.workload.name}/compiled: diverged during the timed steps")
 
     def info(self) -> dict:

@@ -17,31 +17,31 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence
 
+from . import validation
 from .registry import UsageError
 
-from .data import MAX_SEED  # noqa: E402  (sklearn's random_state range, defined once)
+
+def _argument_type(parse, rule, doc: str):
+    """An argparse type: ``parse`` the text, then apply ``rule`` (:mod:`workloads.validation`);
+    text that does not parse is None, which every rule refuses with its own message."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except (ValueError, OverflowError):
+            value = None
+        try:
+            return rule(value)
+        except validation.Invalid as error:
+            raise argparse.ArgumentTypeError(f"{error}, got {text!r}") from None
+
+    convert.__doc__ = doc
+    convert.__name__ = rule.__name__
+    return convert
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
+positive_int = _argument_type(int, validation.positive_int, "argparse type: a positive integer.")
+non_negative_int = _argument_type(int, validation.non_negative_int, "argparse type: an integer >= 0.")
 
 
 def progress_trackers(bar, count: int):
@@ -60,26 +60,9 @@ def progress_trackers(bar, count: int):
     return [tracker(i) for i in range(count)]
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a positive finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return value
-
-
-def seed(text: str) -> int:
-    """argparse type: a seed sklearn accepts."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED}, got {text!r}")
-    return value
+positive_float = _argument_type(float, validation.positive_float, "argparse type: a positive finite number.")
+non_negative_float = _argument_type(float, validation.non_negative_float, "argparse type: a finite number >= 0.")
+seed = _argument_type(int, validation.seed, "argparse type: a seed sklearn accepts.")
 
 
 def format_table(headers: Sequence[str], rows: List[Sequence[str]]) -> str:

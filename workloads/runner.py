@@ -27,7 +27,8 @@ from typing import Callable, List, Optional
 import torch
 from sklearn import metrics as sk_metrics
 
-from .data import MAX_SEED, Split, WeightedBatches, batch_plan, seeds, steps_per_epoch
+from . import validation
+from .data import Split, WeightedBatches, batch_plan, seeds, steps_per_epoch
 from .placements import PLACEMENTS
 from .registry import UsageError, Workload, get_workload
 from .styles import STYLES
@@ -132,30 +133,16 @@ class RunResult:
         return dataclasses.asdict(self)
 
 
+def _checked(rule, name: str, value):
+    """``value`` under its rule (:mod:`workloads.validation`), or a UsageError naming the option."""
+    try:
+        return rule(value)
+    except validation.Invalid as error:
+        raise UsageError(f"--{name} {error}, got {_short(value)}") from None
+
+
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UsageError(f"--{name} must be a positive integer, got {_short(value)}")
-    return value
-
-
-def _positive_float(name: str, value) -> float:
-    try:
-        number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
-    except OverflowError:  # an int beyond float range
-        number = math.inf
-    if not math.isfinite(number) or number <= 0:
-        raise UsageError(f"--{name} must be a positive finite number, got {_short(value)}")
-    return number
-
-
-def _non_negative_float(name: str, value) -> float:
-    try:
-        number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else math.nan
-    except OverflowError:  # an int beyond float range
-        number = math.inf
-    if not math.isfinite(number) or number < 0:
-        raise UsageError(f"--{name} must be a finite number >= 0, got {_short(value)}")
-    return number
+    return _checked(validation.positive_int, name, value)
 
 
 def _short(value) -> str:
@@ -189,11 +176,11 @@ def configure(
     configure it (a rank itself leaves it out and reads torchrun's world size).
     """
     wl, st, placement = get_workload(workload), STYLES.get(style), PLACEMENTS.get(device)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be an integer from 0 to {MAX_SEED}, got {_short(seed)}")
+    _checked(validation.seed, "seed", seed)
     epochs = wl.epochs if epochs is None else _positive_int("epochs", epochs)
-    lr = wl.optimizer.lr if lr is None else _positive_float("lr", lr)
-    weight_decay = wl.optimizer.weight_decay if weight_decay is None else _non_negative_float("weight-decay", weight_decay)
+    lr = wl.optimizer.lr if lr is None else _checked(validation.positive_float, "lr", lr)
+    weight_decay = (wl.optimizer.weight_decay if weight_decay is None
+                    else _checked(validation.non_negative_float, "weight-decay", weight_decay))
     threads = _positive_int("threads", threads)
     if threads > MAX_THREADS:
         raise UsageError(f"--threads {_short(threads)} is more than {MAX_THREADS}; valid: 1 to {MAX_THREADS}")

@@ -112,3 +112,13 @@ def test_console_module_exits_2_without_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "torchloops: error: argument --lr: must be a positive finite number, got 'abc'"
     ]
+
+
+def test_a_closed_stdout_ends_quietly():
+    """``torchloops list | head -1``: the reader goes away; no BrokenPipeError traceback, status 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "workloads", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the child writes: every write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -11,6 +11,7 @@ file written before it unchanged.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Optional, Sequence
@@ -74,6 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Terminated:
         print(f"{PROG}: terminated (SIGTERM); files written before are unchanged", file=sys.stderr)
         return 143
+    except BrokenPipeError:  # stdout closed by its reader (`torchloops list | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own final flush too
+        return 141  # 128 + SIGPIPE, as a shell reports a pipeline's writer
     finally:
         restore()
 

@@ -89,7 +89,6 @@ class Workload:
 
     name: str
     summary: str
-    data_summary: str
     make_data: Callable[[int], "Split"]  # noqa: F821 (workloads.data.Split)
     build_module: Callable[[], nn.Module]
     build_sequential: Callable[[], nn.Sequential]
@@ -103,7 +102,6 @@ class Workload:
     shuffle: bool
     metric: Metric
     target: float
-    target_note: str  # how the target was chosen (measured runs over seeds)
     steps_per_epoch: Optional[int] = None  # None: one pass over the data per epoch
     dtype: torch.dtype = torch.float32
     eval_every: Optional[int] = None  # steps between evaluations; None: every epoch

@@ -7,13 +7,18 @@ share one trainer; ``dataloader`` is the ``nn.Module`` model fed by a
 
 Three more measure the distance between a program as written and the fastest correct
 one: ``as_written`` (each workload's loop as the notes write it, statement for statement,
-habits included: ``Workload.as_written``, written in the workload's module; see
-``NotesLoop`` below), ``tuned`` (the ``nn.Module`` model with the levers a user would adopt:
+habits included: ``Workload.as_written``, written in the workload's module with the blocks
+of :mod:`workloads.notes_loop`), ``tuned`` (the ``nn.Module`` model with the levers a user would adopt:
 pre-indexed batches, torch.optim's fused/foreach kernels, gradients set to None,
 evaluation under ``inference_mode``) and ``fused`` (no autograd: the workload's
 hand-derived gradients, :mod:`workloads.fused`).
 Every trainer starts from the same initial parameters (the runner hands them over
 by name, in ``build_module`` order) and every batcher follows the same batch plan.
+
+A trainer is the same class on every placement: its one ``step(x, y, weight=None)`` leaves
+what differs across processes to the placement (``placement.wrap`` for the model,
+``placement.reduction`` for the gradients; under ddp a batch carries its weight, its share
+of the global batch).
 """
 
 from __future__ import annotations

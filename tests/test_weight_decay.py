@@ -17,8 +17,7 @@ import workloads as W
 from workloads import lenet
 from workloads.cli import build_parser, main
 from workloads.commands.run import _rank_argv
-from workloads.fused import FusedAdam, FusedSGD
-from workloads.optimizers import RawAdam, RawSGD
+from workloads.optimizers import FusedAdam, FusedSGD, RawAdam, RawSGD
 from workloads.registry import OptimizerSpec
 
 NOTES_WEIGHT_DECAY = 0.0001  # optim.Adam(net.parameters(),weight_decay =0.0001)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .data import BatchEntry, Split, index_lists, plan_on_device
-from .optimizers import TORCH_OPTIMIZERS
+from .optimizers import make_optimizer
 from .parameters import canonical_state, placed_model
 from .registry import OptimizerSpec, Workload
 
@@ -180,7 +180,7 @@ class AsWrittenModuleTrainer:
         self.module = model
         self.model = placement.wrap(model)
         self.criterion = workload.criterion()
-        self.optimizer = TORCH_OPTIMIZERS[spec.kind](model.parameters(), spec, capturable=placement.captures_steps)
+        self.optimizer = make_optimizer("torch", model.parameters(), spec, capturable=placement.captures_steps)
         self.reduction = placement.reduction(wrapped=True)
         self.loop = NotesLoop()
         self.on_host = placement.device().type == "cpu"

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .data import BatchEntry, Split, index_lists, plan_on_device
 from .fused import FusedTrainer, PreIndexedBatcher
 from .notes_loop import NumpyEveryStep
-from .optimizers import RAW_OPTIMIZERS, TORCH_OPTIMIZERS, TUNED_OPTIMIZERS
+from .optimizers import make_optimizer
 from .parameters import canonical_state, placed_model
 from .registry import OptimizerSpec, Table, Workload
 
@@ -53,7 +53,7 @@ class RawTrainer:
         self.workload = workload
         self.names = list(params)
         self.params = [p.detach().clone().to(device).requires_grad_() for p in params.values()]
-        self.update = RAW_OPTIMIZERS[spec.kind](self.params, spec, capturable=placement.captures_steps)
+        self.update = make_optimizer("raw", self.params, spec, capturable=placement.captures_steps)
         self.reduction = placement.reduction(wrapped=False)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, weight: Optional[float] = None) -> torch.Tensor:
@@ -76,14 +76,15 @@ class ModuleTrainer:
     reduction weights a shard's loss (ddp); evaluation runs on the unwrapped model (no
     collective, no scatter)."""
 
-    optimizers = TORCH_OPTIMIZERS  # the tuned trainer: their fused/foreach implementations
+    optimizer_implementation = "torch"  # the tuned trainer: "tuned" (fused/foreach kernels)
 
     def __init__(self, model: nn.Module, workload: Workload, params: Params, placement, spec: OptimizerSpec):
         self.names = list(params)
         self.module = model
         self.model = placement.wrap(model)
         self.criterion = workload.criterion()
-        self.optimizer = self.optimizers[spec.kind](model.parameters(), spec, capturable=placement.captures_steps)
+        self.optimizer = make_optimizer(self.optimizer_implementation, model.parameters(), spec,
+                                        capturable=placement.captures_steps)
         self.reduction = placement.reduction(wrapped=True)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, weight: Optional[float] = None) -> torch.Tensor:
@@ -107,7 +108,7 @@ class TunedTrainer(ModuleTrainer):
     foreach) kernels, gradients set to None (``zero_grad``'s default, as in ``module``),
     evaluation under ``torch.inference_mode``.  The step is :class:`ModuleTrainer`'s."""
 
-    optimizers = TUNED_OPTIMIZERS
+    optimizer_implementation = "tuned"
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -15,15 +15,14 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .data import BatchEntry, Split, index_lists, plan_on_device
-from .optimizers import make_optimizer
-from .parameters import canonical_state, placed_model
+from .nn_trainer import ModuleTrainer, module_trainer
 from .registry import OptimizerSpec, Workload
 
 
@@ -165,7 +164,7 @@ class RewrappedBatches:
         return _marked(self.loop, index, self._batches(entries), len(entries), self.whole)
 
 
-class AsWrittenModuleTrainer:
+class AsWrittenModuleTrainer(ModuleTrainer):
     """Base of the as-written trainers with an ``nn.Module``: the workload module's subclass
     writes ``step(xb, yb, weight=None)`` as the notes' loop body, with ``self.reduction.backward``
     where the notes write ``loss.backward()`` (on one process the same call; under ddp the
@@ -176,12 +175,7 @@ class AsWrittenModuleTrainer:
     batcher: Callable = SlicedAsWritten  # (split, plan, loop) -> the notes' way of getting batches
 
     def __init__(self, model: nn.Module, workload: Workload, params, placement, spec: OptimizerSpec):
-        self.names = list(params)
-        self.module = model
-        self.model = placement.wrap(model)
-        self.criterion = workload.criterion()
-        self.optimizer = make_optimizer("torch", model.parameters(), spec, capturable=placement.captures_steps)
-        self.reduction = placement.reduction(wrapped=True)
+        super().__init__(model, workload, params, placement, spec)
         self.loop = NotesLoop()
         self.on_host = placement.device().type == "cpu"
 
@@ -193,19 +187,8 @@ class AsWrittenModuleTrainer:
         """``t.numpy()`` as the notes write it; off the CPU it needs ``.cpu()`` first (a sync)."""
         return t.numpy() if self.on_host else t.cpu().numpy()
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        # the unwrapped model: no DDP forward (collectives) nor DataParallel scatter to evaluate
-        return self.module(x)
-
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        return canonical_state(self.names, self.module.parameters())
-
 
 def as_written_module(cls, build: Callable[[Workload], nn.Module]) -> Callable:
     """The ``trainer`` of an :class:`~workloads.registry.AsWritten`: the model ``build`` makes,
     with the canonical parameters, on the device, trained by ``cls`` (on every placement)."""
-
-    def make(workload: Workload, params, placement, spec: OptimizerSpec):
-        return cls(placed_model(build(workload), params, placement.device()), workload, params, placement, spec)
-
-    return make
+    return module_trainer(cls, build)

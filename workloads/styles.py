@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .data import BatchEntry, Split, index_lists, plan_on_device
 from .fused import FusedTrainer, PreIndexedBatcher
+from .nn_trainer import ModuleTrainer, module_trainer
 from .notes_loop import NumpyEveryStep
 from .optimizers import make_optimizer
-from .parameters import canonical_state, placed_model
+from .parameters import canonical_state
 from .registry import OptimizerSpec, Table, Workload
 
 
@@ -68,39 +68,6 @@ class RawTrainer:
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         return canonical_state(self.names, self.params)
-
-
-class ModuleTrainer:
-    """An ``nn.Module`` (or ``nn.Sequential``), the ``torch.nn`` criterion and a ``torch.optim``
-    optimizer.  The placement wraps the model (DataParallel, DistributedDataParallel) and its
-    reduction weights a shard's loss (ddp); evaluation runs on the unwrapped model (no
-    collective, no scatter)."""
-
-    optimizer_implementation = "torch"  # the tuned trainer: "tuned" (fused/foreach kernels)
-
-    def __init__(self, model: nn.Module, workload: Workload, params: Params, placement, spec: OptimizerSpec):
-        self.names = list(params)
-        self.module = model
-        self.model = placement.wrap(model)
-        self.criterion = workload.criterion()
-        self.optimizer = make_optimizer(self.optimizer_implementation, model.parameters(), spec,
-                                        capturable=placement.captures_steps)
-        self.reduction = placement.reduction(wrapped=True)
-
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, weight: Optional[float] = None) -> torch.Tensor:
-        self.optimizer.zero_grad()
-        loss = self.criterion(self.model(xb), yb)
-        self.reduction.backward(loss, weight)
-        self.optimizer.step()
-        return self.reduction.loss(loss, weight)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
-
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        # Canonical (build_module) names, whatever the container: a Sequential's
-        # "0.weight" or DataParallel's "module." prefix never reach a checkpoint.
-        return canonical_state(self.names, self.module.parameters())
 
 
 class TunedTrainer(ModuleTrainer):
@@ -182,13 +149,6 @@ class Style:
         return self.make_batcher(split, plan)
 
 
-def _module_trainer(build: Callable[[Workload], nn.Module], cls=ModuleTrainer) -> Callable:
-    def make(workload: Workload, params: Params, placement, spec: OptimizerSpec) -> ModuleTrainer:
-        return cls(placed_model(build(workload), params, placement.device()), workload, params, placement, spec)
-
-    return make
-
-
 STYLES.register(
     Style(
         "raw",
@@ -202,7 +162,7 @@ STYLES.register(
     Style(
         "module",
         "nn.Module subclass, torch.nn loss, torch.optim; manual slicing",
-        _module_trainer(lambda w: w.build_module()),
+        module_trainer(ModuleTrainer, lambda w: w.build_module()),
         SliceBatcher,
         uses_module=True,
     )
@@ -211,7 +171,7 @@ STYLES.register(
     Style(
         "sequential",
         "the same layers as nn.Sequential, torch.nn loss, torch.optim; manual slicing",
-        _module_trainer(lambda w: w.build_sequential()),
+        module_trainer(ModuleTrainer, lambda w: w.build_sequential()),
         SliceBatcher,
         uses_module=True,
     )
@@ -220,7 +180,7 @@ STYLES.register(
     Style(
         "dataloader",
         "the nn.Module model fed by TensorDataset + DataLoader",
-        _module_trainer(lambda w: w.build_module()),
+        module_trainer(ModuleTrainer, lambda w: w.build_module()),
         DataLoaderBatcher,
         uses_module=True,
     )
@@ -251,7 +211,7 @@ STYLES.register(
         "tuned",
         "the nn.Module model, pre-indexed batches, torch.optim fused/foreach, grads set to None, "
         "inference_mode evaluation",
-        _module_trainer(lambda w: w.build_module(), TunedTrainer),
+        module_trainer(TunedTrainer, lambda w: w.build_module()),
         pre_indexed_batcher,
         uses_module=True,
     )

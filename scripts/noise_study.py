@@ -45,7 +45,9 @@ import torch  # noqa: E402
 import planted  # noqa: E402  (registers the test-only style)
 import workloads as W  # noqa: E402
 from workloads import cli  # noqa: E402
+from workloads.console import check_json_path, positive_int, write_json_atomic  # noqa: E402
 from workloads.interleave import run_interleaved  # noqa: E402
+from workloads.runner import BLOCK_STEPS  # noqa: E402
 
 WORKLOADS = W.workload_names()
 PARTS = ("aa", "planted", "separate", "counts")
@@ -254,11 +256,11 @@ class _Parser(argparse.ArgumentParser):
 def main(argv=None) -> int:
     parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default=",".join(PARTS))
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--runs", type=positive_int, default=20)
+    parser.add_argument("--steps", type=positive_int, default=600)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--separate-workloads", default="regression,mlp_adam")
-    parser.add_argument("--count-processes", type=int, default=4)
+    parser.add_argument("--count-processes", type=positive_int, default=4)
     parser.add_argument("--json", default="results/noise_study.json")
     parser.add_argument("--report", metavar="JSON", help="print the Markdown tables of a finished study and stop")
     args = parser.parse_args(argv)
@@ -271,12 +273,26 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         return 0
-    parts = args.parts.split(",")
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown or args.runs < 1 or args.steps < 1:
-        print(f"noise_study: error: --parts from {', '.join(PARTS)}; --runs and --steps positive", file=sys.stderr)
+    parts, workloads = args.parts.split(","), args.workloads.split(",")
+    separate = args.separate_workloads.split(",")
+    problems = [f"--parts: valid: {', '.join(PARTS)}" for p in parts if p not in PARTS][:1]
+    problems += [f"--workloads/--separate-workloads: unknown {w!r}; valid: {', '.join(WORKLOADS)}"
+                 for w in workloads + separate if w not in WORKLOADS][:1]
+    if args.steps < 3 * BLOCK_STEPS:  # an interval needs 3 interleaved rounds of BLOCK_STEPS steps
+        problems.append(f"--steps {args.steps}: an interval needs at least {3 * BLOCK_STEPS}")
+    if "counts" in parts and args.count_processes < 2:
+        problems.append("--count-processes: at least 2 (the A/A pairs)")
+    if not problems:
+        try:  # its folder made here, as for the default results/noise_study.json
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            check_json_path(args.json)
+        except OSError as error:
+            problems.append(f"--json {args.json!r}: {error.strerror or error}")
+        except W.UsageError as error:
+            problems.append(str(error))
+    if problems:
+        print(f"noise_study: error: {'; '.join(problems)}", file=sys.stderr)
         return 2
-    workloads = args.workloads.split(",")
     torch.set_num_threads(1)
     document = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
                 "torch": torch.__version__, "runs": args.runs, "steps": args.steps,
@@ -288,11 +304,10 @@ def main(argv=None) -> int:
         if "planted" in parts:
             document["planted"] = part_planted(args.runs, args.steps, workloads)
         if "separate" in parts:
-            document["separate"] = part_separate(args.runs, args.steps, args.separate_workloads.split(","), folder)
+            document["separate"] = part_separate(args.runs, args.steps, separate, folder)
         if "counts" in parts:
             document["counts"] = part_counts(args.count_processes, workloads, folder)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    Path(args.json).write_text(json.dumps(document, indent=1))
+    write_json_atomic(args.json, document)
     print(f"wrote {args.json}")
     return 0
 

@@ -13,22 +13,14 @@ from __future__ import annotations
 import json
 import sys
 
-from workloads.console import seconds_interval
-from workloads.stats import Estimate, format_ratio
-
-
-def _ratio(found) -> str:
-    if not found:
-        return "-"
-    low, high = found["interval"] or (None, None)
-    return format_ratio(Estimate(found["ratio"], low, high, found["samples"]))
+from workloads.console import ratio_cell, seconds_interval
 
 
 def _speedup(found) -> str:
     """A paired ratio as a speed-up ``1/ratio``, with its interval (for "fused is 2.6x faster")."""
     if not found or not found["interval"]:
         return "-"
-    text = _ratio(found)
+    text = ratio_cell(found)
     if text.startswith("≈"):
         return text
     low, high = found["interval"]
@@ -44,10 +36,10 @@ def front_table(document: dict) -> str:
         found = section["as_written_vs_fastest"]
         fastest = rows[(found["fastest"], "cpu")]
         peer = fastest.get("vs_best_peer")
-        versus = f"{_ratio(peer)} of {fastest['best_peer']}" if peer else "no peer reaches the target"
+        versus = f"{ratio_cell(peer)} of {fastest['best_peer']}" if peer else "no peer reaches the target"
         lines.append(f"| {section['workload']} | {seconds_interval(module['step_time_median_s'], module['step_time_interval_s'])} "
                      f"| {found['fastest']}: {_speedup(fastest['vs_reference'])} | "
-                     f"{_ratio(found['as_written_over_fastest'])} | {versus} |")
+                     f"{ratio_cell(found['as_written_over_fastest'])} | {versus} |")
     return "\n".join(lines)
 
 
@@ -58,7 +50,7 @@ def styles_table(document: dict) -> str:
     for section in document["workloads"]:
         rows = {r["style"]: r for r in section["rows"] if r["kind"] == "style" and r["device"] == "cpu"}
         module = rows["module"]
-        cells = [_ratio(rows[s]["vs_reference"]) for s in styles if s != "module"]
+        cells = [ratio_cell(rows[s]["vs_reference"]) for s in styles if s != "module"]
         lines.append(f"| {section['workload']} | "
                      f"{seconds_interval(module['step_time_median_s'], module['step_time_interval_s'])} | "
                      + " | ".join(cells) + " |")
@@ -73,13 +65,14 @@ def main(argv) -> int:
         with open(argv[0]) as handle:
             document = json.load(handle)
         tables = front_table(document), styles_table(document)
+        machine, versions = document["machine"], document["versions"]
+        provenance = (f"<!-- {machine['platform']}, {machine['cpu_count']} cores, torch {versions['torch']}, "
+                      f"threads {document['threads']}, {document['wall_s']:.0f} s -->\n")
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
         print(f"readme_tables: error: {argv[0]!r} is not a torchloops compare results.json ({error})",
               file=sys.stderr)
         return 2
-    machine, versions = document["machine"], document["versions"]
-    print(f"<!-- {machine['platform']}, {machine['cpu_count']} cores, torch {versions['torch']}, "
-          f"threads {document['threads']}, {document['wall_s']:.0f} s -->\n")
+    print(provenance)
     print(tables[0])
     print()
     print(tables[1])

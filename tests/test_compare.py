@@ -124,7 +124,15 @@ def test_compare_rejects_bad_input_before_running(tmp_path, capsys):
     assert cli.main(["compare", "nosuchworkload", "--out", str(tmp_path / "a")]) == 2
     assert cli.main(["compare", "--seeds", "0", "--out", str(tmp_path / "b")]) == 2
     assert cli.main(["compare", "regression", "--out", str(blocker)]) == 2
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
+    assert cli.main(["compare", "regression", "--out", ""]) == 2
+    unavailable = [p.name for p in W.PLACEMENTS.entries.values() if not p.availability().ok]
+    for device in unavailable:  # here: a placement that cannot run leaves nothing to compare
+        assert cli.main(["compare", "regression", "--device", device, "--out", str(tmp_path / "c")]) == 2
+    assert not any((tmp_path / d).exists() for d in "abc")  # nothing written
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 4 + len(unavailable)
+    if unavailable:
+        assert "nothing to compare" in err and "valid here: --device" in err
     if os.path.isdir("/proc"):  # os.access says root may write there; the filesystem refuses
         with pytest.raises(W.UsageError, match="cannot create folders in '/proc'"):
             console.check_out_dir("/proc/torchloops-out")

@@ -8,6 +8,7 @@ import pytest
 
 import workloads as W
 from conftest import WORKLOADS
+from workloads.data import MAX_SEED
 
 
 def test_configure_makes_no_data():
@@ -25,21 +26,23 @@ def test_each_workload_declares_its_training_rows(name):
 
 def test_a_wrong_declaration_is_caught_when_the_data_is_made():
     config = W.configure("regression", "module", "cpu", 0, steps=1)
-    wrong = dataclasses.replace(config, workload=dataclasses.replace(config.workload, n_train=799))
-    with pytest.raises(ValueError, match="n_train=799"):
+    declared = config.workload.n_train - 1
+    wrong = dataclasses.replace(config, workload=dataclasses.replace(config.workload, n_train=declared))
+    with pytest.raises(ValueError, match=f"n_train={declared}"):
         wrong.data()
 
 
 def test_batch_size_is_checked_against_the_declared_rows():
-    with pytest.raises(W.UsageError, match="valid: 1 to 800"):
-        W.configure("regression", "module", "cpu", 0, batch_size=801)
-    assert W.configure("regression", "module", "cpu", 0, batch_size=800).batch_size == 800
+    rows = W.get_workload("regression").n_train
+    with pytest.raises(W.UsageError, match=f"valid: 1 to {rows}"):
+        W.configure("regression", "module", "cpu", 0, batch_size=rows + 1)
+    assert W.configure("regression", "module", "cpu", 0, batch_size=rows).batch_size == rows
 
 
 @pytest.mark.parametrize("option,keyword,value,rule", [
     ("--steps", "steps", 0, "must be a positive integer"),
     ("--lr", "lr", -1.0, "must be a positive finite number"),
-    ("--seed", "seed", -1, "must be an integer from 0 to 4294967295"),
+    ("--seed", "seed", -1, f"must be an integer from 0 to {MAX_SEED}"),
     ("--threads", "threads", 0, "must be a positive integer"),
 ])
 def test_the_command_line_and_configure_apply_one_rule(capsys, option, keyword, value, rule):

@@ -156,14 +156,20 @@ def test_sigterm_handler_is_restored_after_main():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_importing_the_package_installs_no_signal_handler(monkeypatch):
-    """Not even in a rank that ``run --nproc`` started (its program installs its own first)."""
-    import importlib
-
-    monkeypatch.setenv(launcher.LAUNCHED_ENV, "1")
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    importlib.reload(W)  # the package's own code again, with the rank's environment
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+def test_importing_the_package_installs_no_signal_handler():
+    """A fresh interpreter imports the package, every module of it and the CLI, with a rank's
+    environment (``run --nproc`` started it): SIGINT and SIGTERM keep Python's own handlers."""
+    code = ("import importlib, pkgutil, signal, workloads, workloads.commands, workloads.cli\n"
+            "for m in pkgutil.walk_packages(workloads.__path__, 'workloads.'):\n"
+            "    if m.name != 'workloads.__main__':  # that one runs the CLI\n"
+            "        importlib.import_module(m.name)\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, "
+            "signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)")
+    env = dict(os.environ, **{launcher.LAUNCHED_ENV: "1"})
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          preexec_fn=default_sigint)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"], done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
@@ -304,9 +310,17 @@ def test_environment_oddities_are_one_line_exit_2(tmp_path, capsys, monkeypatch)
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err, (argv, err)
-    monkeypatch.setattr(console.os, "access", lambda path, mode: False)
+    if os.path.isdir("/proc"):  # os.access says root may write there; the probe finds it cannot
+        assert main(["run", "regression", "--json", "/proc/out.json"]) == 2
+        assert "is not writable" in capsys.readouterr().err
+
+    def refused(**_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(console.tempfile, "mkdtemp", refused)  # a folder that refuses new entries
     assert main(["run", "regression", "--json", str(tmp_path / "out.json")]) == 2
-    assert "is not writable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not writable (Permission denied)" in err
 
 
 def test_unwritable_folder_at_write_time_is_one_line(tmp_path, capsys, monkeypatch):

@@ -17,9 +17,8 @@ import sys
 from typing import Optional, Sequence
 
 from . import UsageError, commands, distributed
+from .console import PROG
 from .graphs import CaptureUnsafe
-
-PROG = "torchloops"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -177,7 +177,12 @@ def _plan(workloads: Sequence[str], devices: Optional[Sequence[str]], seeds: int
                     plan["skipped"].append({"workload": name, "device": device, "style": style, "reason": str(why)})
                     continue
                 entry["configs"].append(configs)
-        plan["workloads"].append(entry)
+        if entry["configs"]:
+            plan["workloads"].append(entry)
+    if not plan["workloads"]:
+        reasons = "; ".join(f"{skip['device']}: {skip['reason']}" for skip in plan["skipped"])
+        here = [p.name for p in PLACEMENTS.entries.values() if p.availability().ok]
+        raise UsageError(f"nothing to compare: {reasons}; valid here: --device {', '.join(here)}")
     return plan
 
 

@@ -19,6 +19,8 @@ from typing import List, Optional, Sequence
 from . import validation
 from .registry import UsageError
 
+PROG = "torchloops"  # the command's name in its messages
+
 
 def _argument_type(parse, rule, doc: str):
     """An argparse type: ``parse`` the text, then apply ``rule`` (:mod:`workloads.validation`);
@@ -99,13 +101,21 @@ def seconds_interval(value: Optional[float], interval: Optional[Sequence[float]]
 
 def comparison_cell(record: dict) -> str:
     """A record's paired ratio to its reference: ``0.52x [0.50-0.55]``, ``≈ same``, or ``reference``."""
-    from .stats import Estimate, format_ratio
-
     found = record.get("comparison")
     if not found:
         return "reference" if record.get("block_steps") else "-"
+    return ratio_cell(found, samples="rounds")
+
+
+def ratio_cell(found: Optional[dict], samples: str = "samples") -> str:
+    """A ratio of a results document (``{"ratio", "interval", samples}``) as a cell:
+    ``0.52x [0.50-0.55]``, ``≈ same`` (the verdict's band), or ``-`` when there is none."""
+    from .stats import Estimate, format_ratio
+
+    if not found:
+        return "-"
     low, high = found["interval"] or (None, None)
-    return format_ratio(Estimate(found["ratio"], low, high, found["rounds"]))
+    return format_ratio(Estimate(found["ratio"], low, high, found[samples]))
 
 
 def progress_bar(quiet: bool, label: str, total: Optional[int] = None, unit: str = "step"):
@@ -128,12 +138,22 @@ def check_json_path(path: str, option: str = "--json") -> None:
         raise UsageError(f"{option} {path!r}: {folder!r} is a file, not a folder")
     if not os.path.isdir(folder):
         raise UsageError(f"{option} {path!r}: folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{option} {path!r}: folder {folder!r} is not writable")
+    _probe(folder, f"{option} {path!r}: folder {folder!r} is not writable")
+
+
+def _probe(folder: str, message: str) -> None:
+    """Create and remove a folder in ``folder``: a real probe, where ``os.access`` says yes to
+    root even when the filesystem refuses (/proc)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".torchloops-probe-", dir=folder))
+    except OSError as error:
+        raise UsageError(f"{message} ({error.strerror})") from None
 
 
 def check_out_dir(path: str, option: str = "--out") -> None:
     """Fail before any work if the folder ``path`` cannot be created (or used) there."""
+    if not path or "\0" in path:
+        raise UsageError(f"{option} {path!r} is not a usable folder path")
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{option} {path!r} exists and is not a directory")
     existing = os.path.abspath(path)
@@ -141,10 +161,7 @@ def check_out_dir(path: str, option: str = "--out") -> None:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise UsageError(f"{option} {path!r}: {existing!r} is not a directory")
-    try:  # a real probe: os.access says yes to root even where the filesystem refuses (/proc)
-        os.rmdir(tempfile.mkdtemp(prefix=".torchloops-probe-", dir=existing))
-    except OSError as error:
-        raise UsageError(f"{option} {path!r}: cannot create folders in {existing!r} ({error.strerror})") from None
+    _probe(existing, f"{option} {path!r}: cannot create folders in {existing!r}")
 
 
 @contextlib.contextmanager

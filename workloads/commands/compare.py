@@ -8,14 +8,14 @@ when a run diverged, 2 with one line on bad input (nothing runs, nothing written
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List
 
 from .. import PLACEMENTS, WORKLOADS, UsageError
 from ..compare import compare
-from ..console import check_out_dir, format_table, positive_int, seconds, seconds_interval, write_json_atomic
+from ..console import (check_out_dir, format_table, positive_int, ratio_cell, seconds, seconds_interval,
+                       write_json_atomic)
 from ..console import seed as seed_type
 from ..plots import make_plots
-from ..stats import Estimate, format_ratio
 
 DEFAULT_OUT = os.path.join("results", "compare")
 HEADERS = ("style / peer", "device", "to target", "time to target", "step median [95 % CI]",
@@ -66,13 +66,6 @@ def main(args) -> int:
     return 1 if any(r.get("diverged") for r in document["records"]) else 0
 
 
-def _ratio_cell(found: Optional[dict]) -> str:
-    if not found:
-        return "-"
-    low, high = found["interval"] or (None, None)
-    return format_ratio(Estimate(found["ratio"], low, high, found["samples"]))
-
-
 def table_rows(rows: List[dict], metric: str) -> List[List[str]]:
     """The table's cells of one workload's rows (:func:`workloads.compare.rows_of`)."""
     out = []
@@ -98,10 +91,10 @@ def table_rows(rows: List[dict], metric: str) -> List[List[str]]:
             notes.append(f"{r['instructions_per_step']:,.0f} instructions/step")
         share = "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.3g} %"
         versus = "reference" if r["kind"] == "style" and r["style"] == "module" and r["device"] == "cpu" else \
-            _ratio_cell(r["vs_reference"])
+            ratio_cell(r["vs_reference"])
         out.append([r["style"], r["device"], to_target, seconds(r["time_to_target_s"]),
                     seconds_interval(r["step_time_median_s"], r.get("step_time_interval_s")), versus,
-                    _ratio_cell(r["vs_best_peer"]), f"{r['metric_value']:.4g}", share, "; ".join(notes)])
+                    ratio_cell(r["vs_best_peer"]), f"{r['metric_value']:.4g}", share, "; ".join(notes)])
     return out
 
 
@@ -132,10 +125,10 @@ def print_section(section: dict) -> None:
                       f"({found['as_written_instructions'] / found['fastest_instructions']:.2f}x)")
         print(f"as written vs fastest: as_written {seconds(found['as_written_step_s'])} a step, fastest "
               f"({found['fastest']}) {seconds(found['fastest_step_s'])}: as_written / {found['fastest']} = "
-              f"{_ratio_cell(found['as_written_over_fastest'])}{counts}")
+              f"{ratio_cell(found['as_written_over_fastest'])}{counts}")
     race = section.get("fastest_vs_peers")
     if race and race["peers"]:
         words = {"faster": "beats", "slower": "loses to", "same": "ties with"}
-        parts = [f"{words[p['verdict']]} {p['peer']} ({_ratio_cell(p['ratio'])})" for p in race["peers"]]
+        parts = [f"{words[p['verdict']]} {p['peer']} ({ratio_cell(p['ratio'])})" for p in race["peers"]]
         print(f"fastest style to target ({race['fastest']}): " + "; ".join(parts))
     print(FOOTNOTE)

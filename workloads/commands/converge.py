@@ -12,14 +12,13 @@ import time
 from typing import List
 
 from .. import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, configure
-from ..console import check_json_path, format_table, positive_float, positive_int, seconds, write_json_atomic
+from ..console import PROG, check_json_path, format_table, positive_float, positive_int, seconds, write_json_atomic
 from ..console import seed as seed_type
 from ..compare import machine, versions
 from ..convergence import check_cap, check_consistency, converge_runs, summarise
 from ..data import MAX_SEED
 from ..references import load_reference, reference_path
 
-PROG = "torchloops"
 HEADERS = ("seed", "to target", "final metric", "best metric", "step median", "notes")
 
 

@@ -20,12 +20,11 @@ import tempfile
 from typing import List
 
 from .. import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, configure, distributed, launcher
-from ..console import (check_json_path, comparison_cell, format_table, positive_float, positive_int,
-                       progress_bar, progress_trackers, seconds, seconds_interval, write_json_atomic)
+from ..console import (PROG, check_json_path, comparison_cell, format_table, non_negative_float, positive_float,
+                       positive_int, progress_bar, progress_trackers, seconds, seconds_interval, write_json_atomic)
 from ..console import seed as seed_type
 from ..interleave import run_interleaved
 
-PROG = "torchloops"
 HEADERS = ("workload", "style", "device", "steps", "train loss", "test loss", "metric", "target",
            "to target", "time to target", "step median [95 % CI]", "vs reference", "train time", "notes")
 FOOTNOTE = ("step median: of all timed steps; its interval: bootstrap over blocks of 10 steps.  vs reference: "
@@ -53,7 +52,7 @@ def add_parser(subparsers):
     r.add_argument("--epochs", type=positive_int)
     r.add_argument("--steps", type=positive_int, help="cap on the total number of optimizer steps")
     r.add_argument("--lr", type=positive_float)
-    r.add_argument("--weight-decay", type=float, metavar="X",
+    r.add_argument("--weight-decay", type=non_negative_float, metavar="X",
                    help="the optimizer's L2 penalty, torch.optim's weight_decay (finite, >= 0; default 0)")
     r.add_argument("--batch-size", type=positive_int)
     r.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads (default 1)")

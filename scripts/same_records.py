@@ -19,7 +19,8 @@ import json
 import sys
 
 TIME_FIELDS = {"step_time_median_s", "step_time_interval_s", "step_time_blocks_s", "train_time_s",
-               "time_to_target_s", "time_s", "comparison"}
+               "time_to_target_s", "time_s", "comparison", "time_to_target_interval_s", "warmup_step_time_median_s",
+               "train_time_sum_s", "time_to_target_sum_s"}
 
 
 def without_times(value):

@@ -15,7 +15,8 @@ from workloads.commands import run as run_command
 from workloads.interleave import paired_records, run_interleaved
 
 TIMING_FIELDS = {"time_to_target_s", "step_time_median_s", "train_time_s", "step_time_interval_s",
-                 "step_time_blocks_s", "comparison", "block_rounds"}
+                 "step_time_blocks_s", "comparison", "block_rounds", "time_to_target_interval_s",
+                 "warmup_step_time_median_s", "train_time_sum_s", "time_to_target_sum_s"}
 
 
 def _untimed(record: dict) -> dict:
@@ -40,15 +41,20 @@ def test_blocks_rounds_and_comparison_are_recorded():
     results = [r.to_dict() for r in run_interleaved(configs, reference=0)]
     for record in results:
         assert record["block_steps"] == runner.BLOCK_STEPS
-        assert len(record["step_time_blocks_s"]) == math.ceil(45 / runner.BLOCK_STEPS) == len(record["block_rounds"])
-        assert record["block_rounds"] == list(range(5))  # every configuration had a block in every round
+        assert record["block_warmup_steps"] == runner.BLOCK_WARMUP_STEPS
+        block = runner.BLOCK_WARMUP_STEPS + runner.BLOCK_STEPS
+        rounds = math.ceil(45 / block)  # the last block's leftover steps still reach past its warm-up
+        assert 45 % block > runner.BLOCK_WARMUP_STEPS
+        assert len(record["step_time_blocks_s"]) == rounds == len(record["block_rounds"])
+        assert record["block_rounds"] == list(range(rounds))  # every configuration had a block in every round
         low, high = record["step_time_interval_s"]
         assert 0 < low <= high
     assert results[0]["comparison"] is None  # the reference
     for record in results[1:]:
         found = record["comparison"]
         assert found["reference"] == {"workload": "regression", "style": "module", "device": "cpu", "seed": 0}
-        assert found["rounds"] == 5 and found["verdict"] in ("same", "faster", "slower")
+        assert found["rounds"] == math.ceil(45 / (runner.BLOCK_WARMUP_STEPS + runner.BLOCK_STEPS))
+        assert found["verdict"] in ("same", "faster", "slower")
         assert found["interval"][0] <= found["ratio"] <= found["interval"][1]
     json.dumps(results)  # the records stay JSON
 
@@ -57,9 +63,9 @@ def test_round_order_rotates(monkeypatch):
     order = []
     original = runner.Session.advance
 
-    def advance(self, steps=runner.BLOCK_STEPS, round_index=None):
+    def advance(self, steps=runner.BLOCK_STEPS, round_index=None, **kwargs):
         order.append((round_index, self.config.style.name))
-        return original(self, steps, round_index)
+        return original(self, steps, round_index, **kwargs)
 
     monkeypatch.setattr(runner.Session, "advance", advance)
     configs = [W.configure("regression", s, steps=30) for s in ("raw", "module", "fused")]
@@ -103,7 +109,7 @@ def test_interleaved_configurations_must_share_threads():
 def test_run_table_shows_interval_and_paired_ratio(capsys):
     assert cli.main(["run", "regression", "--style", "all", "--steps", "40", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "step median [95 % CI]" in out and "vs reference" in out
+    assert "step time [95 % CI]" in out and "time to target [95 % CI]" in out and "vs reference" in out
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("regression")}
     assert "reference" in rows["module"]
     assert all(" us " in row or " ms " in row for row in rows.values())

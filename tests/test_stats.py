@@ -48,13 +48,3 @@ def test_paired_ratio_needs_equal_lengths():
     with pytest.raises(ValueError):
         stats.paired_ratio([1.0, 2.0], [1.0])
 
-
-def test_block_median_interval_is_for_the_median_of_all_steps():
-    rng = np.random.default_rng(3)
-    # two machine phases, each lasting several blocks: the interval must widen for them
-    blocks = [rng.normal(650e-6 if (b // 5) % 2 else 1000e-6, 10e-6, 10) for b in range(40)]
-    estimate = stats.block_median_interval(blocks)
-    assert estimate.point == float(np.median(np.concatenate(blocks)))
-    assert estimate.low <= estimate.point <= estimate.high
-    naive = stats.median_interval(np.concatenate(blocks))  # steps as if independent
-    assert estimate.high - estimate.low > naive.high - naive.low

@@ -25,10 +25,10 @@ from .console import progress_bar, progress_trackers
 from .flops import step_flops, throughputs
 from .interleave import paired_records, run_interleaved
 from .placements import PLACEMENTS
-from .references import load_reference, typical_seed
+from .references import typical_seed
 from .registry import WORKLOADS, UsageError
 from .data import MAX_SEED
-from .runner import BLOCK_STEPS, Unavailable, configure
+from .runner import Unavailable, configure
 from .stats import Estimate, median_interval, two_sample_ratio, verdict
 from .styles import STYLES
 
@@ -76,6 +76,11 @@ def aggregate(records: List[dict], flops_per_step: float, peak: float) -> dict:
         "seeds": [r["seed"] for r in records], "reached": len(reached), "runs": len(records),
         "steps_to_target": _median([r["steps_to_target"] for r in reached]),
         "time_to_target_s": _median([r["time_to_target_s"] for r in reached]),
+        # one run: steps to target x the step time's interval (a peer: its fit times' interval);
+        # several seeds: the interval of the median over the seeds' times
+        "time_to_target_interval_s": (reached[0].get("time_to_target_interval_s") if len(records) == 1 and reached
+                                      else median_interval([r["time_to_target_s"] for r in reached]).interval
+                                      if reached else None),
         "step_time_median_s": step_median,
         # one run: its own interval; several seeds: the interval of the median over their blocks
         "step_time_interval_s": (first.get("step_time_interval_s") if len(records) == 1
@@ -93,7 +98,8 @@ def aggregate(records: List[dict], flops_per_step: float, peak: float) -> dict:
 
 
 def _time_to_target_samples(records: List[dict]) -> List[float]:
-    """A style's time to target as ``steps_to_target x`` each block's median step time."""
+    """A style's time to target as ``steps_to_target x`` each block's mean step time (the samples
+    whose median is the record's ``time_to_target_s``)."""
     return [r["steps_to_target"] * b for r in records if r["reached_target"] for b in r["step_time_blocks_s"] or []]
 
 
@@ -186,33 +192,22 @@ def _plan(workloads: Sequence[str], devices: Optional[Sequence[str]], seeds: int
     return plan
 
 
-PEER_FITS = 5  # each scikit-learn peer is fitted this many times, spread over the interleaved rounds
+PEER_FITS = 5  # timed fits of each scikit-learn peer (after one untimed), in their own phase after the styles
 
 
 def _run_workload(entry: dict, split, threads: int, quiet: bool) -> List[List[dict]]:
-    """Every style x placement of one workload, interleaved per seed, and the peers fitted
-    between rounds; returns the records grouped per style (or peer) over the seeds."""
+    """Every style x placement of one workload, interleaved per seed, then the peers fitted in
+    their own phase; returns the records grouped per style (or peer) over the seeds."""
     wl = entry["workload"]
     style_groups = [[] for _ in entry["configs"]]
     peers = _peers.peers_for(wl.name)
     peer_groups = [[] for _ in peers]
     for k, seed in enumerate(entry["seeds"]):
         configs = [configs[k] for configs in entry["configs"]]
-        data = split if k == 0 else wl.make_data(seed)
-        fits = [[] for _ in peers]
-        every = max(1, _expected_rounds(configs) // PEER_FITS)
-
-        def fit_peers(round_index: int) -> None:
-            if round_index % every == every - 1:
-                for peer, done in zip(peers, fits):
-                    if len(done) < PEER_FITS:
-                        done.append(_peers.fit_peer(wl, peer, data, seed, threads))
-
         bar = progress_bar(quiet, f"{wl.name} seed {seed}", sum(c.total_steps for c in configs))
         progress = progress_trackers(bar, len(configs))
         try:
-            results = run_interleaved(configs, reference=_reference_index(configs), progress=progress,
-                                      between_rounds=fit_peers if peers else None)
+            results = run_interleaved(configs, reference=_reference_index(configs), progress=progress)
         finally:
             if bar is not None:
                 bar.close()
@@ -220,20 +215,23 @@ def _run_workload(entry: dict, split, threads: int, quiet: bool) -> List[List[di
             record = dict(result.to_dict(), kind="style")
             record.pop("step_losses", None)
             group.append(record)
-        for peer, done, group in zip(peers, fits, peer_groups):
-            while len(done) < min(3, PEER_FITS):  # a short run: the remaining fits after it
-                done.append(_peers.fit_peer(wl, peer, data, seed, threads))
-            group.append(_peer_record(done))
+        for group, record in zip(peer_groups, _fit_peers(wl, peers, split if k == 0 else wl.make_data(seed),
+                                                         seed, threads)):
+            group.append(record)
     return style_groups + peer_groups
 
 
-def _expected_rounds(configs) -> int:
-    """Rounds the group will take: to the reference's median steps-to-target when known."""
-    reference = load_reference(configs[0].workload.name)
-    steps = configs[0].total_steps
-    if reference and reference["summary"].get("median"):
-        steps = min(steps, int(reference["summary"]["median"]))
-    return max(1, steps // BLOCK_STEPS)
+def _fit_peers(wl, peers, data, seed: int, threads: int) -> List[dict]:
+    """Each peer fitted once untimed (its one-off costs: lazy imports, first LAPACK call), then
+    ``PEER_FITS`` times, the peers alternated fit by fit (their own phase: a fit's BLAS and
+    memory traffic never lands between two blocks of a style)."""
+    for peer in peers:
+        _peers.fit_peer(wl, peer, data, seed, threads)
+    fits = [[] for _ in peers]
+    for _ in range(PEER_FITS):
+        for peer, done in zip(peers, fits):
+            done.append(_peers.fit_peer(wl, peer, data, seed, threads))
+    return [_peer_record(done) for done in fits]
 
 
 def _reference_index(configs) -> int:
@@ -268,10 +266,15 @@ def _add_counts(records: List[dict], sections: List[dict]) -> None:
 
 
 def _peer_record(fits: List[dict]) -> dict:
-    """One peer's record over repeated fits: the median fit, with every fit time kept."""
+    """One peer's record over repeated fits (same seed, same model): the median fit time with its
+    bootstrap interval, every fit time kept; its time to target is that fit time when it reached."""
     times = [f["fit_time_s"] for f in fits]
-    record = dict(sorted(fits, key=lambda f: f["fit_time_s"])[len(fits) // 2])
-    record["fit_times_s"] = times
+    fit_time = median_interval(times)
+    record = dict(fits[0], fit_time_s=fit_time.point, fit_time_interval_s=fit_time.interval, fit_times_s=times)
+    if record.get("n_iter"):
+        record["step_time_median_s"] = fit_time.point / record["n_iter"]  # mean per iteration
+    if record["reached_target"]:
+        record["time_to_target_s"], record["time_to_target_interval_s"] = fit_time.point, fit_time.interval
     return record
 
 

@@ -5,14 +5,19 @@ seconds (measured on the 2-core development machine: block medians of one config
 flipping between ~650 us and ~1000 us).  A configuration timed in one contiguous window
 catches one phase or the other, and the difference is then reported as a property of the
 configuration.  So every command that compares configurations runs them round-robin: in
-each round, every configuration that is not finished trains ``block_steps`` steps (its own
-model, optimizer, batch position and clock: :class:`workloads.runner.Session`), the order
-rotated from round to round.  Each configuration's trajectory is exactly the one it has
-alone; what changes is that all of them see the same machine phases.
+each round, every configuration that is not finished trains one block (its own model,
+optimizer, batch position and clock: :class:`workloads.runner.Session`), the order rotated
+from round to round.  Each configuration's trajectory is exactly the one it has alone;
+what changes is that all of them see the same machine phases.
 
-A configuration's ratio to the reference is then paired per round (its mean step time in
-the round over the reference's in the same round), summarised by the median of those
-ratios with a bootstrap interval (:mod:`workloads.stats`).
+What interleaving costs is kept off the samples: a block starts with
+``runner.BLOCK_WARMUP_STEPS`` steps timed apart (the run's own next steps, on the caches
+the other configurations left), then ``block_steps`` timed steps whose mean is the block's
+sample.
+
+A configuration's ratio to the reference is then paired per round (its block's mean step
+time over the reference's in the same round), summarised by the median of those ratios with
+a bootstrap interval (:mod:`workloads.stats`).
 """
 
 from __future__ import annotations
@@ -63,15 +68,12 @@ def run_interleaved(
     progress: Optional[Sequence[Optional[Callable[[int, int], None]]]] = None,
     record_step_losses: bool = False,
     trainer_hooks: Optional[Sequence[Optional[Callable]]] = None,
-    between_rounds: Optional[Callable[[int], None]] = None,
 ) -> List[RunResult]:
     """Train ``configs`` to their ends, round-robin in blocks; their records, in order.
 
     ``reference``: the index of the configuration the others are compared with (None: no
     comparison).  ``progress[i]`` and ``trainer_hooks[i]`` are the per-configuration
-    callbacks of :func:`workloads.runner.run`.  ``between_rounds(round)`` runs untimed after
-    every round (compare fits the scikit-learn peers there, so they share the phases too).
-    All configurations must agree on threads and determinism (they are process-wide).
+    callbacks of :func:`workloads.runner.run`.  All configurations must agree on threads and determinism (they are process-wide).
     """
     if not configs:
         return []
@@ -87,8 +89,6 @@ def run_interleaved(
             for session in sessions[start:] + sessions[:start]:
                 if not session.finished:
                     session.advance(block_steps, round_index)
-            if between_rounds is not None:
-                between_rounds(round_index)
             round_index += 1
         for session, hook in zip(sessions, trainer_hooks or []):
             if hook is not None:

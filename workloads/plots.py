@@ -4,8 +4,11 @@
   optimizer steps (left) and against training seconds (right), every seed, the
   target as a dashed line; the sklearn peers as points at (fit time, metric).
 * ``time_to_target.png``: one panel per workload; time-to-target of every style and
-  every peer (median over seeds), log scale; a run that never reached the target is
-  drawn hatched at its full training time and labelled so.
+  every peer (median over seeds) with its 95 % interval, log scale; a run that never
+  reached the target is drawn hatched at its full training time and labelled so.
+
+A style's seconds are steps x its step time (docs/measurement.md): the curves' time axis
+carries the step time's interval as a band.
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ def plot_curves(document: dict, path: str) -> str:
                 ys = [h["metric_value"] for h in r["history"]]
                 ax.plot(xs, ys, color=colors[label], lw=1.3, alpha=0.85,
                         label=None if label in seen else label, drawstyle="default")
+                if x_key == "time_s" and r.get("step_time_interval_s"):
+                    # seconds = steps x the step time: its 95 % interval is a band along the time axis
+                    low, high = r["step_time_interval_s"]
+                    ax.fill_betweenx(ys, [h["step"] * low for h in r["history"]],
+                                     [h["step"] * high for h in r["history"]], color=colors[label], alpha=0.15, lw=0)
                 seen.add(label)
             ax.axhline(section["target"], color="black", ls="--", lw=0.9, label=f"target {section['target']:g}")
             if x_key == "time_s":
@@ -91,17 +99,21 @@ def plot_time_to_target(document: dict, path: str) -> str:
                              squeeze=False, gridspec_kw={"height_ratios": [len(s["rows"]) + 1.5 for s in sections]})
     for (ax,), section in zip(axes, sections):
         rows = section["rows"]
-        names, values, colors, hatches, notes = [], [], [], [], []
+        names, values, errors, colors, hatches, notes = [], [], [], [], [], []
         styles = list(dict.fromkeys(r["style"] for r in rows if r["kind"] == "style"))
         for r in rows:
             label = r["style"] if r["device"] == "cpu" or r["kind"] == "peer" else f"{r['style']} ({r['device']})"
             names.append(label)
+            interval = r.get("time_to_target_interval_s")
             if r["time_to_target_s"] is not None:
                 values.append(r["time_to_target_s"])
+                errors.append((r["time_to_target_s"] - interval[0], interval[1] - r["time_to_target_s"])
+                              if interval else (0.0, 0.0))
                 hatches.append("")
                 notes.append("")
             else:  # never reached: the full training (or fit) time, hatched
                 values.append(_full_time(document, section["workload"], r))
+                errors.append((0.0, 0.0))
                 hatches.append("//")
                 notes.append("not reached")
             if r["kind"] == "peer":
@@ -109,14 +121,15 @@ def plot_time_to_target(document: dict, path: str) -> str:
             else:
                 colors.append(STYLE_COLORS[styles.index(r["style"]) % len(STYLE_COLORS)])
         y = list(range(len(rows)))
-        bars = ax.barh(y, values, color=colors, hatch=None)
+        bars = ax.barh(y, values, color=colors, hatch=None, xerr=list(zip(*errors)),
+                       error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "black"})
         for bar, hatch in zip(bars, hatches):
             if hatch:
                 bar.set_hatch(hatch)
                 bar.set_alpha(0.45)
-        for yi, value, note in zip(y, values, notes):
+        for yi, value, error, note in zip(y, values, errors, notes):
             text = f" {_short_seconds(value)}" + (f" ({note})" if note else "")
-            ax.text(value, yi, text, va="center", fontsize=7)
+            ax.text(value + error[1], yi, text, va="center", fontsize=7)
         ax.set_yticks(y)
         ax.set_yticklabels(names, fontsize=8)
         ax.invert_yaxis()
@@ -126,7 +139,8 @@ def plot_time_to_target(document: dict, path: str) -> str:
         ax.grid(axis="x", alpha=0.3)
         lo, hi = min(values), max(values)
         ax.set_xlim(lo / 2, hi * 8)
-    axes[-1][0].set_xlabel("seconds (training steps only for styles; whole fit for sklearn peers, grey)")
+    axes[-1][0].set_xlabel("seconds with 95 % interval (styles: steps to target x step time; "
+                           "sklearn peers, grey: median fit)")
     fig.tight_layout()
     _save_atomic(fig, path)
     plt.close(fig)

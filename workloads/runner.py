@@ -103,8 +103,10 @@ class RunResult:
     reached_target: bool
     steps_to_target: Optional[int]
     time_to_target_s: Optional[float]
+    # The times on the clock are steps x the steady-state step time (docs/measurement.md, "What is
+    # timed"): step_time_median_s is the median over blocks of each block's mean timed step.
     step_time_median_s: float
-    train_time_s: float
+    train_time_s: float  # steps x step_time_median_s
     until_target: bool
     diverged: bool
     diverged_at_step: Optional[int] = None  # the first step whose training loss was NaN or infinite
@@ -116,12 +118,20 @@ class RunResult:
     peak_gpu_memory_bytes: Optional[int] = None  # torch.cuda.max_memory_allocated; None off CUDA
     graph_replays: Optional[int] = None  # cuda_graph: steps that were replays of a captured graph
     graph_captures: Optional[int] = None  # cuda_graph: graphs captured (one per batch shape)
-    # Timing statistics (workloads.stats): the 95 % interval of step_time_median_s (a bootstrap
-    # that resamples whole blocks of ``block_steps`` consecutive steps), and the median step time
-    # of each block (the samples of every paired and two-sample ratio).
+    # Timing statistics (workloads.stats): the 95 % interval of step_time_median_s (the bootstrap
+    # of the median over blocks), and the mean timed step of each block (the samples of every
+    # paired and two-sample ratio).  Each block is block_warmup_steps steps timed apart, then
+    # block_steps timed steps.
     step_time_interval_s: Optional[List[float]] = None
     step_time_blocks_s: Optional[List[float]] = None
     block_steps: Optional[int] = None
+    block_warmup_steps: Optional[int] = None
+    warmup_step_time_median_s: Optional[float] = None  # the blocks' warm-up steps (not samples)
+    time_to_target_interval_s: Optional[List[float]] = None  # steps_to_target x step_time_interval_s
+    # The raw sums of every step's clock, warm-up steps and interleaving's cold caches included:
+    # what the loop took inside this process, not a configuration's time (kept for honesty).
+    train_time_sum_s: Optional[float] = None
+    time_to_target_sum_s: Optional[float] = None
     block_rounds: Optional[List[int]] = None  # the interleaving round of each block (pairs blocks of a group)
     # Interleaved runs: the paired step-time ratio against the reference configuration
     # {"reference", "ratio", "interval", "verdict", "rounds"}; None for a run timed alone.
@@ -348,7 +358,12 @@ def _set_deterministic(on: bool) -> Callable[[], None]:
     return restore
 
 
-BLOCK_STEPS = 10  # steps per timed block: the unit of interleaving and the samples of every interval
+# The timing unit.  Each block is BLOCK_WARMUP_STEPS steps, then BLOCK_STEPS steps whose mean is
+# one timing sample.  The warm-up steps are the run's own next steps (the trajectory is the same
+# whatever the blocks), timed apart: after a switch to another interleaved configuration the first
+# steps run on caches the others evicted (docs/measurement.md, "Interleaving without its bias").
+BLOCK_STEPS = 10
+BLOCK_WARMUP_STEPS = 2
 
 
 class Session:
@@ -359,19 +374,24 @@ class Session:
     keeps its own model, optimizer, batch position and clock, so its trajectory does not
     depend on what runs between its blocks.  Threads and determinism are the caller's (they
     are process-wide): see :func:`process_settings`.
+
+    Between two steps the session does only what it must: read the clock, keep the loss as a
+    Python float (``.item()``, after the sync) and test it with :func:`math.isfinite`.  Anything
+    heavier (an evaluation, the statistics) happens off the clock and only every ``eval_every``
+    steps or at a block's end.
     """
 
     def __init__(self, config: RunConfig, *, progress=None, record_step_losses: bool = False):
         self.config, self.progress, self.record_step_losses = config, progress, record_step_losses
         self.trainer, self.batcher, self.plan, self.split = build(config)
-        self.step_times: List[float] = []
-        self.block_times: List[float] = []  # median step time of each block (the timing samples)
+        self.step_times: List[float] = []  # every timed step, warm-up steps included (the raw sum)
+        self.block_times: List[float] = []  # mean step time of each block's timed steps (the samples)
         self.block_rounds: List[int] = []  # the interleaving round each block ran in
-        self.block_sizes: List[int] = []  # steps of each block
-        self.losses: List[torch.Tensor] = []
+        self.warmup_times: List[float] = []  # each block's warm-up steps, timed apart
+        self.losses: List[float] = []
         self.history: List[dict] = []
         self.step, self.elapsed = 0, 0.0
-        self.steps_to_target = self.time_to_target = None
+        self.steps_to_target = self.elapsed_to_target = None
         self.diverged, self.diverged_at_step = False, None
         self.last = None
         self.finished = False
@@ -379,30 +399,32 @@ class Session:
         self._epoch, self._batches = 0, None
         config.placement.sync()  # the data and model copies to the device are not the first step's time
 
-    def advance(self, steps: int = BLOCK_STEPS, round_index: Optional[int] = None) -> int:
-        """Train up to ``steps`` more steps (fewer at the end, or when an evaluation stops it)."""
+    def advance(self, steps: int = BLOCK_STEPS, round_index: Optional[int] = None,
+                warmup: int = BLOCK_WARMUP_STEPS) -> int:
+        """Train one block: ``warmup`` steps timed apart, then up to ``steps`` timed steps (fewer
+        at the end, or when an evaluation stops the run).  Returns the steps trained."""
         placement = self.config.placement
         placement.reset_peak_memory()  # after build: CUDA is initialised by then
-        times: List[float] = []
-        while len(times) < steps and not self.finished:
-            timed = self._timed_step()
-            if timed is None:
+        timed: List[float] = []
+        trained = 0
+        while trained < warmup + steps and not self.finished:
+            step = self._timed_step()
+            if step is None:
                 self.finished = True
                 break
-            times.append(timed[0])
-            self.finished = self._after_step(*timed)
-        if times:
-            self.block_times.append(statistics.median(times))
-            self.block_sizes.append(len(times))
+            (self.warmup_times if trained < warmup else timed).append(step[0])
+            trained += 1
+            self.finished = self._after_step(*step)
+        if timed:
+            self.block_times.append(math.fsum(timed) / len(timed))
             self.block_rounds.append(len(self.block_rounds) if round_index is None else round_index)
         peak = placement.peak_memory_bytes()
         if peak is not None:
             self.peak_memory = max(peak, self.peak_memory or 0)
-        return len(times)
+        return trained
 
     def _timed_step(self):
-        """(seconds, loss) of the next step of the plan, or None when the plan is done."""
-        wl, placement = self.config.workload, self.config.placement
+        """(seconds, loss as a float) of the next step of the plan, or None when the plan is done."""
         clock = time.perf_counter()
         while True:
             if self._batches is None:
@@ -421,48 +443,61 @@ class Session:
             # overflows before any loss is non-finite.  That is divergence too.
             if "overflow" not in str(error):
                 raise
-            loss = torch.full((), math.inf, dtype=wl.dtype, device=placement.device())
-        placement.sync()
-        return time.perf_counter() - clock, loss
+            loss = None
+        self.config.placement.sync()
+        took = time.perf_counter() - clock
+        return took, (math.inf if loss is None else loss.item())
 
-    def _after_step(self, took: float, loss: torch.Tensor) -> bool:
+    def _after_step(self, took: float, loss: float) -> bool:
         """Book the step; divergence, evaluation and target outside the timed region.  True: stop."""
         config, wl, placement = self.config, self.config.workload, self.config.placement
         self.step_times.append(took)
         self.elapsed += took
         self.losses.append(loss)
         self.step += 1
-        # The step loss is a 0-dim tensor the sync has already waited for; ddp ranks agree so
-        # that all stop together.
-        bad = not bool(torch.isfinite(loss).all())
+        bad = not math.isfinite(loss)
         if placement.world_size() > 1:
-            bad = placement.agree(bad)
+            bad = placement.agree(bad)  # ddp ranks agree, so that all stop together
         if bad and self.diverged_at_step is None:
             self.diverged, self.diverged_at_step = True, self.step
         if not bad and self.step % config.eval_every and self.step != config.total_steps:
             return False
         last = self.last = evaluate(self.trainer, wl, self.split)
         self.history.append({"step": self.step, "epoch": self.step / config.steps_per_epoch,
-                             "time_s": self.elapsed, "train_loss": last["train_loss"],
-                             "test_loss": last["test_loss"], "metric_value": last["metric_value"]})
+                             "train_loss": last["train_loss"], "test_loss": last["test_loss"],
+                             "metric_value": last["metric_value"]})
         if self.progress is not None:
             self.progress(self.step, config.total_steps)
         if not math.isfinite(last["train_loss"]) and self.diverged_at_step is None:
             self.diverged, self.diverged_at_step = True, self.step
         if not self.diverged and self.steps_to_target is None and wl.metric.reached(last["metric_value"], wl.target):
-            self.steps_to_target, self.time_to_target = self.step, self.elapsed
+            self.steps_to_target, self.elapsed_to_target = self.step, self.elapsed
         # ddp: every rank evaluates its identical replica; all of them stop together
         stop = placement.agree(self.diverged or (config.until_target and self.steps_to_target is not None))
         return stop or self.step >= config.total_steps
+
+    def step_time(self) -> "Estimate":
+        """The steady-state step time: the median over blocks of each block's mean timed step,
+        with its bootstrap interval.  A run too short for one timed step falls back on its
+        warm-up steps (every step it has)."""
+        from .stats import median_interval
+
+        return median_interval(self.block_times or self.step_times)
 
     def result(self, comparison: Optional[dict] = None) -> RunResult:
         return _record(self, comparison)
 
 
-def _record(session: Session, comparison: Optional[dict]) -> RunResult:
-    """The run record of a finished session."""
-    from .stats import block_median_interval
+def _scaled(estimate: "Estimate", steps: Optional[int]):
+    """``steps`` × the step time and its interval (None without steps)."""
+    if steps is None:
+        return None, None
+    interval = None if estimate.interval is None else [steps * v for v in estimate.interval]
+    return steps * estimate.point, interval
 
+
+def _record(session: Session, comparison: Optional[dict]) -> RunResult:
+    """The run record of a finished session: every time on the clock is steps × the step time."""
     config, wl, placement = session.config, session.config.workload, session.config.placement
     last = session.last
     matrix = dead = None
@@ -470,8 +505,11 @@ def _record(session: Session, comparison: Optional[dict]) -> RunResult:
         matrix, dead = _class_report(last["outputs"], session.split)
     step_losses = None
     if session.record_step_losses:
-        step_losses = placement.reduce_step_losses(torch.stack(session.losses)).double().cpu().tolist()
-    interval = block_median_interval(_blocks(session.step_times, session.block_sizes)).interval
+        losses = torch.tensor(session.losses, dtype=wl.dtype, device=placement.device())
+        step_losses = placement.reduce_step_losses(losses).double().cpu().tolist()
+    step_time = session.step_time()
+    history = [dict(h, time_s=h["step"] * step_time.point) for h in session.history]
+    time_to_target, target_interval = _scaled(step_time, session.steps_to_target)
     return RunResult(
         workload=wl.name, style=config.style.name, device=placement.name, device_name=placement.device_name(),
         seed=config.seed, threads=config.threads, torch_version=torch.__version__,
@@ -481,25 +519,20 @@ def _record(session: Session, comparison: Optional[dict]) -> RunResult:
         final_train_loss=last["train_loss"], test_loss=last["test_loss"], metric=wl.metric.name,
         metric_value=last["metric_value"], target=wl.target, higher_is_better=wl.metric.higher_is_better,
         reached_target=session.steps_to_target is not None, steps_to_target=session.steps_to_target,
-        time_to_target_s=session.time_to_target, step_time_median_s=statistics.median(session.step_times),
-        train_time_s=session.elapsed, until_target=config.until_target, diverged=session.diverged,
+        time_to_target_s=time_to_target, time_to_target_interval_s=target_interval,
+        step_time_median_s=step_time.point, train_time_s=session.step * step_time.point,
+        until_target=config.until_target, diverged=session.diverged,
         diverged_at_step=session.diverged_at_step, deterministic=config.deterministic,
-        dead_classes=dead, confusion_matrix=matrix, history=session.history, step_losses=step_losses,
+        dead_classes=dead, confusion_matrix=matrix, history=history, step_losses=step_losses,
         peak_gpu_memory_bytes=session.peak_memory,
         graph_replays=getattr(session.trainer, "replayed_steps", None),
         graph_captures=getattr(session.trainer, "captures", None),
-        step_time_interval_s=interval, step_time_blocks_s=list(session.block_times),
-        block_steps=BLOCK_STEPS, block_rounds=list(session.block_rounds), comparison=comparison,
-        weight_decay=config.weight_decay,
+        step_time_interval_s=step_time.interval, step_time_blocks_s=list(session.block_times),
+        block_steps=BLOCK_STEPS, block_warmup_steps=BLOCK_WARMUP_STEPS, block_rounds=list(session.block_rounds),
+        warmup_step_time_median_s=statistics.median(session.warmup_times) if session.warmup_times else None,
+        train_time_sum_s=session.elapsed, time_to_target_sum_s=session.elapsed_to_target,
+        comparison=comparison, weight_decay=config.weight_decay,
     )
-
-
-def _blocks(values: List[float], sizes: List[int]) -> List[List[float]]:
-    out, start = [], 0
-    for size in sizes:
-        out.append(values[start:start + size])
-        start += size
-    return out
 
 
 @contextlib.contextmanager

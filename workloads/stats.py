@@ -3,8 +3,8 @@
 Every timing statistic the suite prints comes with a 95 % confidence interval, and every
 ratio with a verdict:
 
-* a **median with its interval**: the median of samples (per-block mean step times), its
-  interval the percentile bootstrap of the median over those samples;
+* a **median with its interval**: the median of samples (per-block mean step times: the step
+  time of every record), its interval the percentile bootstrap of the median over those samples;
 * a **paired ratio**: two configurations timed in the same rounds (interleaved blocks,
   :mod:`workloads.interleave`) give one ratio per round; the point is the median of those
   ratios and the interval its bootstrap.  Pairing cancels what the machine did during the
@@ -83,42 +83,6 @@ def median_interval(samples: Sequence[float]) -> Estimate:
         return Estimate(point, low, high, int(values.size))
     low, high = _bootstrap((values,), np.median)
     return Estimate(point, low, high, int(values.size))
-
-
-def block_median_interval(blocks: Sequence[Sequence[float]]) -> Estimate:
-    """The median of every value in ``blocks`` and its block-bootstrap interval.
-
-    Consecutive steps share a machine phase, so steps are not independent samples: the
-    bootstrap resamples whole blocks (with replacement) and takes the median of the steps of
-    the resampled blocks.  The point is the plain median of all steps.
-    """
-    arrays = [np.asarray(b, dtype=float) for b in blocks if len(b)]
-    if not arrays:
-        raise ValueError("no samples")
-    everything = np.concatenate(arrays)
-    point = float(np.median(everything))
-    if len(arrays) < MIN_SAMPLES:
-        return Estimate(point, None, None, len(arrays))
-
-    # Vectorised: the blocks as rows of one array (a short last block padded with NaN), each
-    # resample's blocks gathered at once and their steps' median taken with nanmedian (the padding
-    # is not a step).  In batches of resamples, so that memory stays ~16 MB on long runs.
-    width = max(a.size for a in arrays)
-    padded = np.full((len(arrays), width), np.nan)
-    for row, a in zip(padded, arrays):
-        row[: a.size] = a
-    median = np.median if all(a.size == width for a in arrays) else np.nanmedian
-
-    def statistic(indices, axis=-1):
-        picked = padded[indices.astype(np.intp)]  # (..., resampled blocks, width)
-        return median(picked.reshape(*picked.shape[:-2], -1), axis=-1)
-
-    batch = max(1, 2_000_000 // (len(arrays) * width))
-    result = stats.bootstrap((np.arange(len(arrays)),), statistic, n_resamples=RESAMPLES,
-                             confidence_level=CONFIDENCE, method="percentile", vectorized=True,
-                             batch=batch, rng=np.random.default_rng(0))
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    return Estimate(point, low, high, len(arrays))
 
 
 def paired_ratio(values: Sequence[float], references: Sequence[float]) -> Estimate:

@@ -11,14 +11,15 @@ import os
 from typing import List
 
 from .. import PLACEMENTS, WORKLOADS, UsageError
-from ..compare import compare
+from ..compare import PEER_FITS, compare
 from ..console import (check_out_dir, format_table, positive_int, ratio_cell, seconds, seconds_interval,
                        write_json_atomic)
 from ..console import seed as seed_type
 from ..plots import make_plots
+from ..runner import BLOCK_STEPS, BLOCK_WARMUP_STEPS
 
 DEFAULT_OUT = os.path.join("results", "compare")
-HEADERS = ("style / peer", "device", "to target", "time to target", "step median [95 % CI]",
+HEADERS = ("style / peer", "device", "to target", "time to target [95 % CI]", "step time [95 % CI]",
            "vs module (paired)", "vs best peer", "final metric", "% of peak", "notes")
 
 
@@ -92,17 +93,20 @@ def table_rows(rows: List[dict], metric: str) -> List[List[str]]:
         share = "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.3g} %"
         versus = "reference" if r["kind"] == "style" and r["style"] == "module" and r["device"] == "cpu" else \
             ratio_cell(r["vs_reference"])
-        out.append([r["style"], r["device"], to_target, seconds(r["time_to_target_s"]),
+        out.append([r["style"], r["device"], to_target,
+                    seconds_interval(r["time_to_target_s"], r.get("time_to_target_interval_s")),
                     seconds_interval(r["step_time_median_s"], r.get("step_time_interval_s")), versus,
                     ratio_cell(r["vs_best_peer"]), f"{r['metric_value']:.4g}", share, "; ".join(notes)])
     return out
 
 
 FOOTNOTE = (
-    "sk: peers: time = the median of the fits, it = n_iter_, step median = fit time / n_iter_.  Styles run "
-    "interleaved in blocks of 10 steps; vs module: step-time ratio paired per round; vs best peer: (steps to "
-    "target x block step times) over the fastest peer's fit times; [95 % bootstrap CI]; \u2248 same: "
-    "interval straddles 1 or within \u00b13 %")
+    "Styles: step time = the median over blocks of each block's mean step (interleaved blocks: {warmup} steps timed "
+    "apart, then {steps} timed); time to target = steps to target x step time.  sk: peers, fitted after the "
+    "styles in their own phase: time = the median of {fits} fits, it = n_iter_, step time = fit time / n_iter_.  "
+    "vs module: step-time ratio paired per round; vs best peer: (steps to target x block step times) over the "
+    "fastest peer's fit times; [95 % bootstrap CI]; \u2248 same: interval straddles 1 or within \u00b13 %").format(
+        warmup=BLOCK_WARMUP_STEPS, steps=BLOCK_STEPS, fits=PEER_FITS)
 
 
 def print_section(section: dict) -> None:

@@ -24,12 +24,15 @@ from ..console import (PROG, check_json_path, comparison_cell, format_table, non
                        positive_int, progress_bar, progress_trackers, seconds, seconds_interval, write_json_atomic)
 from ..console import seed as seed_type
 from ..interleave import run_interleaved
+from ..runner import BLOCK_STEPS, BLOCK_WARMUP_STEPS
 
 HEADERS = ("workload", "style", "device", "steps", "train loss", "test loss", "metric", "target",
-           "to target", "time to target", "step median [95 % CI]", "vs reference", "train time", "notes")
-FOOTNOTE = ("step median: of all timed steps; its interval: bootstrap over blocks of 10 steps.  vs reference: "
+           "to target", "time to target [95 % CI]", "step time [95 % CI]", "vs reference", "train time", "notes")
+FOOTNOTE = ("step time: the median over blocks of each block's mean step ({warmup} steps timed apart, then {steps} "
+            "timed); time to target and train time: steps x the step time, with its 95 % interval.  vs reference: "
             "step time over the reference style's (module, else the first), paired per interleaved round, "
-            "with its 95 % interval; \u2248 same: the interval straddles 1 or lies within \u00b13 %.")
+            "with its 95 % interval; \u2248 same: the interval straddles 1 or lies within \u00b13 %.").format(
+                warmup=BLOCK_WARMUP_STEPS, steps=BLOCK_STEPS)
 
 
 def _style_list(text: str) -> str:
@@ -258,7 +261,7 @@ def _row(record: dict) -> List[str]:
     if record.get("graph_replays") is not None:
         notes.append(f"{record['graph_replays']} steps replayed from {record['graph_captures']} CUDA graph(s)")
     reached = f"step {record['steps_to_target']}" if record["reached_target"] else "not reached"
-    times = [seconds(record["time_to_target_s"]),
+    times = [seconds_interval(record["time_to_target_s"], record.get("time_to_target_interval_s")),
              seconds_interval(record["step_time_median_s"], record.get("step_time_interval_s")),
              comparison_cell(record), seconds(record["train_time_s"])]
     if record["diverged"]:

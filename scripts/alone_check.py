@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from torch.utils.benchmark import Timer  # noqa: E402
 
 import workloads as W  # noqa: E402
-from workloads import benchmarking  # noqa: E402
+from workloads import benchmarking, cli  # noqa: E402
 from workloads.console import check_json_path, format_table, positive_int, write_json_atomic  # noqa: E402
 from workloads.references import typical_seed  # noqa: E402
 from workloads.runner import BLOCK_STEPS, Session, configure, process_settings  # noqa: E402
@@ -210,12 +210,12 @@ def _ms(value: float) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def _arguments(argv):
-    parser = argparse.ArgumentParser(prog="alone_check.py", description=__doc__.split("\n\n")[0])
+    parser = cli._Parser(prog="alone_check.py", description=__doc__.split("\n\n")[0])  # errors: UsageError
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--rounds", type=positive_int, default=5, help="compare runs and alone runs (default 5)")
     parser.add_argument("--blocks", type=positive_int, default=60, help="harness: block pairs (default 60)")
     parser.add_argument("--workloads", default=",".join(W.workload_names()), help="comma-separated (default all)")
-    parser.add_argument("--json", type=check_json_path, help="write every figure here")
+    parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "STYLE", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.parts = [p for p in args.parts.split(",") if p]
@@ -224,11 +224,17 @@ def _arguments(argv):
     if bad:
         parser.error(f"unknown part or workload {', '.join(bad)}; valid parts: {', '.join(PARTS)}; "
                      f"workloads: {', '.join(W.workload_names())}")
+    if args.json is not None:
+        check_json_path(args.json)
     return args
 
 
 def main(argv=None) -> int:
-    args = _arguments(argv)
+    try:
+        args = _arguments(argv)
+    except W.UsageError as error:
+        print(f"alone_check: error: {error}", file=sys.stderr)
+        return 2
     if args.child:
         workload, style, steps = args.child
         print(json.dumps(alone(workload, style, int(steps))))

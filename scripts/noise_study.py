@@ -47,7 +47,7 @@ import workloads as W  # noqa: E402
 from workloads import cli  # noqa: E402
 from workloads.console import check_json_path, positive_int, write_json_atomic  # noqa: E402
 from workloads.interleave import run_interleaved  # noqa: E402
-from workloads.runner import BLOCK_STEPS  # noqa: E402
+from workloads.runner import BLOCK_STEPS, BLOCK_WARMUP_STEPS  # noqa: E402
 
 WORKLOADS = W.workload_names()
 PARTS = ("aa", "planted", "separate", "counts")
@@ -278,8 +278,9 @@ def main(argv=None) -> int:
     problems = [f"--parts: valid: {', '.join(PARTS)}" for p in parts if p not in PARTS][:1]
     problems += [f"--workloads/--separate-workloads: unknown {w!r}; valid: {', '.join(WORKLOADS)}"
                  for w in workloads + separate if w not in WORKLOADS][:1]
-    if args.steps < 3 * BLOCK_STEPS:  # an interval needs 3 interleaved rounds of BLOCK_STEPS steps
-        problems.append(f"--steps {args.steps}: an interval needs at least {3 * BLOCK_STEPS}")
+    block = BLOCK_WARMUP_STEPS + BLOCK_STEPS
+    if args.steps < 3 * block:  # an interval needs 3 interleaved rounds (each block: warm-up, then timed steps)
+        problems.append(f"--steps {args.steps}: an interval needs at least {3 * block}")
     if "counts" in parts and args.count_processes < 2:
         problems.append("--count-processes: at least 2 (the A/A pairs)")
     if not problems:

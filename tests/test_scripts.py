@@ -17,7 +17,7 @@ NOISE_CASES = [
     (["--workloads", "nosuch"], "unknown 'nosuch'; valid: classification"),
     (["--count-processes", "0"], "must be a positive integer"),
     (["--json", "/tmp"], "is a directory"),
-    (["--runs", "1", "--steps", "20"], "an interval needs at least 30"),
+    (["--runs", "1", "--steps", "20"], "an interval needs at least 36"),
     (["--parts", "x"], "valid: aa, planted, separate, counts"),
     (["--json", "/proc/x/y.json"], "--json '/proc/x/y.json'"),
 ]
@@ -46,11 +46,31 @@ def test_noise_study_bad_input(tmp_path):
     assert not (tmp_path / "results").exists()  # bad input writes nothing
 
 
-def _readme_tables():
-    spec = importlib.util.spec_from_file_location("readme_tables", SCRIPTS / "readme_tables.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _readme_tables():
+    return _script("readme_tables")
+
+
+ALONE_CASES = [
+    (["--parts", "x"], "valid parts: alone, harness"),
+    (["--workloads", "nosuch"], "workloads: classification"),
+    (["--rounds", "0"], "must be a positive integer"),
+    (["--json", "/tmp"], "is a directory"),
+]
+
+
+def test_alone_check_bad_input(capsys):
+    script = _script("alone_check")
+    for argv, expected in ALONE_CASES:
+        assert script.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("alone_check: error: ") and expected in err, (argv, err)
 
 
 def test_readme_tables_bad_input(tmp_path, capsys, monkeypatch):

@@ -450,12 +450,8 @@ def gpu_config(workload: str, style: str, placement: str, steps: int = PEAKMEM_S
 
 
 def peak_gpu_memory(workload: str, style: str, placement: str, steps: int = PEAKMEM_STEPS) -> int:
-    """Peak bytes allocated on the GPUs (summed over devices) during a short training run (CUDA placements only)."""
+    """A short training run's ``peak_gpu_memory_bytes`` (CUDA placements only): what the build
+    allocated on the placement's first GPU plus the most its steps allocated on top, evaluations
+    excluded (:class:`workloads.runner.Session`)."""
     gpu_config(workload, style, placement, steps)  # Unavailable before touching CUDA
-    devices = range(torch.cuda.device_count())
-    torch.cuda.synchronize()
-    for index in devices:
-        torch.cuda.reset_peak_memory_stats(index)
-    training_run(workload, style, placement, steps)
-    torch.cuda.synchronize()
-    return int(sum(torch.cuda.max_memory_allocated(index) for index in devices))
+    return int(training_run(workload, style, placement, steps).peak_gpu_memory_bytes)

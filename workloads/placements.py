@@ -269,6 +269,13 @@ class Placement:
             return int(torch.cuda.max_memory_allocated(self.device()))
         return None
 
+    def memory_allocated_bytes(self) -> Optional[int]:
+        """Memory allocated by torch on this placement's (first) GPU now (0 before CUDA is
+        initialised: ``memory_stats`` answers ``{}`` then); None off CUDA."""
+        if self.device().type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device()))
+        return None
+
 
 @dataclass(frozen=True)
 class DistributedPlacement(Placement):

@@ -115,7 +115,9 @@ class RunResult:
     confusion_matrix: Optional[List[List[int]]] = None
     history: List[dict] = field(default_factory=list)
     step_losses: Optional[List[float]] = None
-    peak_gpu_memory_bytes: Optional[int] = None  # torch.cuda.max_memory_allocated; None off CUDA
+    # CUDA: what the build allocated (data, model) + the most the steps allocated on top (optimizer
+    # state, activations, gradients, graph pools), evaluations and other sessions excluded; None off CUDA
+    peak_gpu_memory_bytes: Optional[int] = None
     graph_replays: Optional[int] = None  # cuda_graph: steps that were replays of a captured graph
     graph_captures: Optional[int] = None  # cuda_graph: graphs captured (one per batch shape)
     # Timing statistics (workloads.stats): the 95 % interval of step_time_median_s (the bootstrap
@@ -383,6 +385,7 @@ class Session:
 
     def __init__(self, config: RunConfig, *, progress=None, record_step_losses: bool = False):
         self.config, self.progress, self.record_step_losses = config, progress, record_step_losses
+        before = config.placement.memory_allocated_bytes()
         self.trainer, self.batcher, self.plan, self.split = build(config)
         self.step_times: List[float] = []  # every timed step, warm-up steps included (the raw sum)
         self.block_times: List[float] = []  # mean step time of each block's timed steps (the samples)
@@ -395,16 +398,22 @@ class Session:
         self.diverged, self.diverged_at_step = False, None
         self.last = None
         self.finished = False
-        self.peak_memory: Optional[int] = None
         self._epoch, self._batches = 0, None
         config.placement.sync()  # the data and model copies to the device are not the first step's time
+        # GPU memory: what this configuration holds (data, model: allocated by its build) plus the
+        # most its steps allocate on top of what was allocated when they started (optimizer state,
+        # activations, gradients, graph pools).  Measured around the steps only, so neither the
+        # evaluations nor the other interleaved configurations on the same device count.
+        after = config.placement.memory_allocated_bytes()
+        self.resident_memory = None if after is None else after - before
+        self.step_memory: Optional[int] = None
+        self._memory_base: Optional[int] = None
 
     def advance(self, steps: int = BLOCK_STEPS, round_index: Optional[int] = None,
                 warmup: int = BLOCK_WARMUP_STEPS) -> int:
         """Train one block: ``warmup`` steps timed apart, then up to ``steps`` timed steps (fewer
         at the end, or when an evaluation stops the run).  Returns the steps trained."""
-        placement = self.config.placement
-        placement.reset_peak_memory()  # after build: CUDA is initialised by then
+        self._mark_memory()
         timed: List[float] = []
         trained = 0
         while trained < warmup + steps and not self.finished:
@@ -418,10 +427,26 @@ class Session:
         if timed:
             self.block_times.append(math.fsum(timed) / len(timed))
             self.block_rounds.append(len(self.block_rounds) if round_index is None else round_index)
-        peak = placement.peak_memory_bytes()
-        if peak is not None:
-            self.peak_memory = max(peak, self.peak_memory or 0)
+        self._read_memory()
         return trained
+
+    def _mark_memory(self) -> None:
+        """Start counting the steps' own allocations (CUDA placements; nothing elsewhere)."""
+        placement = self.config.placement
+        placement.reset_peak_memory()  # after build: CUDA is initialised by then
+        self._memory_base = placement.memory_allocated_bytes()
+
+    def _read_memory(self) -> None:
+        """The most the steps allocated since :meth:`_mark_memory`, kept if it is the largest."""
+        peak = self.config.placement.peak_memory_bytes()
+        if peak is not None and self._memory_base is not None:
+            self.step_memory = max(peak - self._memory_base, self.step_memory or 0)
+
+    @property
+    def peak_memory(self) -> Optional[int]:
+        if self.resident_memory is None:
+            return None
+        return self.resident_memory + (self.step_memory or 0)
 
     def _timed_step(self):
         """(seconds, loss as a float) of the next step of the plan, or None when the plan is done."""
@@ -462,7 +487,9 @@ class Session:
             self.diverged, self.diverged_at_step = True, self.step
         if not bad and self.step % config.eval_every and self.step != config.total_steps:
             return False
+        self._read_memory()  # the evaluation's activations are not the steps' memory
         last = self.last = evaluate(self.trainer, wl, self.split)
+        self._mark_memory()
         self.history.append({"step": self.step, "epoch": self.step / config.steps_per_epoch,
                              "train_loss": last["train_loss"], "test_loss": last["test_loss"],
                              "metric_value": last["metric_value"]})

@@ -85,6 +85,8 @@ def test_asv_parameters_and_versions_keep_the_history():
     for cls in SCALING_CLASSES:
         assert cls.params[0] == ASV_SCALING_WORKLOADS and cls.version == "1", cls.__name__
     assert compiled.Compiled.params[0] == ASV_WORKLOADS and compiled.Compiled.version == "1"
+    # a new definition, a new series: steps to target x the step time (was the sum of the timed steps)
+    assert training.TimeToTarget.track_time_to_target.version == "2"
 
 
 def test_timing_policy_is_pinned():

@@ -3,7 +3,7 @@
 Every style of each workload on every placement available in this process is trained
 to its quality target (capped at the documented length), interleaved per seed
 (:mod:`workloads.interleave`); the scikit-learn estimators a user would pick instead
-are fitted on the same split between the rounds (:mod:`workloads.peers`).  Each
+are fitted on the same split after the styles, in their own phase (:mod:`workloads.peers`).  Each
 workload's FLOPs per step is set against the machine's measured matmul throughput
 (:mod:`workloads.flops`).  :func:`compare` returns the results document (each
 workload's table rows, every record); the command prints the tables and writes

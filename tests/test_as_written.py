@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import workloads as W
-from conftest import WORKLOADS
-from workloads import notes_loop
+from conftest import WORKLOADS, needs_placement
+from workloads import lenet, notes_loop
 from workloads.runner import build
 
 SECTIONS = {  # the note's section each as-written loop comes from
@@ -172,6 +172,47 @@ def test_mlp_adam_rewraps_each_batch_with_grad_zeroes_after_forward_and_retains_
 def test_lenet_says_it_is_the_recommended_loop():
     notes = W.get_workload("lenet").as_written
     assert "recommended" in notes.section and "the notes train no LeNet" in notes.section
+
+
+# The notes' ``Net.forward`` and ``num_flat_features`` ("神经网络"), line for line, in order.
+NOTES_NET = [
+    "x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))",
+    "x = F.max_pool2d(F.relu(self.conv2(x)), 2)",
+    "x = x.view(-1, self.num_flat_features(x))",
+    "x = F.relu(self.fc1(x))",
+    "x = F.relu(self.fc2(x))",
+    "x = self.fc3(x)",
+    "return x",
+    "def num_flat_features(self, x):",
+    "size = x.size()[1:]  # all dimensions except the batch dimension",
+    "num_features = 1",
+    "for s in size:",
+    "num_features *= s",
+    "return num_features",
+]
+
+
+def in_order(lines, wanted):
+    """Whether ``wanted`` are lines of ``lines``, in that order."""
+    rest = iter(lines)
+    return all(any(line == w for line in rest) for w in wanted)
+
+
+def test_lenet_as_written_runs_the_notes_own_net(monkeypatch):
+    """The as-written LeNet is the notes' ``Net``: its class, its source line for line, and its
+    ``num_flat_features`` called by every forward; the other styles keep the suite's ``LeNet``."""
+    trainer, batcher, plan, _split = built("lenet", 2)
+    assert type(trainer.module) is lenet.Net  # exactly: not the suite's LeNet, a subclass of it
+    source = [line.strip() for line in inspect.getsource(lenet.Net).splitlines()]
+    assert in_order(source, NOTES_NET)
+    assert not in_order(source, ["x = torch.flatten(x, 1)"])
+    calls = []
+    count = lenet.Net.num_flat_features
+    monkeypatch.setattr(lenet.Net, "num_flat_features", lambda self, x: calls.append(tuple(x.shape)) or count(self, x))
+    train(trainer, batcher, plan)
+    assert calls == [(32, 16, 6, 6)] * 2  # one call per forward, on the pooled (batch, 16, 6, 6)
+    module, *_ = build(W.configure("lenet", "module", "cpu", 0, steps=1))
+    assert type(module.module) is lenet.LeNet
 
 
 def test_a_batcher_pairs_with_the_trainer_built_with_it():

@@ -47,6 +47,29 @@ def test_lenet_manual_update_equals_optimizer_step():
         assert not torch.equal(a, start)
 
 
+@pytest.mark.parametrize("batch", [1, 5])  # the notes' one image; a batch of the suite's
+def test_the_suites_lenet_computes_the_notes_net(one_thread, batch):
+    """The suite's ``LeNet`` (``torch.flatten(x, 1)``) and the notes' ``Net``
+    (``x.view(-1, self.num_flat_features(x))``), the same parameters: the same outputs, the same
+    parameter and input gradients, bit for bit."""
+    torch.manual_seed(batch)
+    notes = lenet.Net()
+    suite = lenet.LeNet()
+    suite.load_state_dict(notes.state_dict())
+    image = torch.randn(batch, 1, 32, 32)
+    labels = torch.randint(0, 10, (batch,))
+    results = []
+    for net in (notes, suite):
+        x = image.clone().requires_grad_()
+        out = net(x)
+        nn.CrossEntropyLoss()(out, labels).backward()
+        results.append((out.detach(), x.grad, [p.grad for p in net.parameters()]))
+    (out_a, dx_a, grads_a), (out_b, dx_b, grads_b) = results
+    assert out_a.shape == (batch, 10) and torch.equal(out_a, out_b) and torch.equal(dx_a, dx_b)
+    assert len(grads_a) == 10 and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert type(notes).forward is not type(suite).forward  # two forwards, not one run twice
+
+
 def test_network_vector_jacobian_product_out_backward_v(one_thread):
     """The notes' ``net.zero_grad(); out.backward(torch.randn(1, 10))`` on LeNet: the parameter
     (and input) gradients are the vector-Jacobian product vᵀ J of the network's output, as

@@ -261,8 +261,10 @@ def lenet3_batches(batch_size: int = 32, batches: int = 4, seed: int = 0):
 
 
 def lenet3_trainer(seed: int = 0, lr: float = 0.01):
-    """``Net3`` with the notes' recommended loop (``CrossEntropyLoss``, ``SGD(lr=0.01)``):
-    returns ``step(images, labels) -> loss``."""
+    """``Net3`` trained by the notes' recommended optimizer loop (``optim.SGD(lr=0.01)``;
+    ``zero_grad``, forward, loss, ``backward``, ``step``) with the suite's ``CrossEntropyLoss``
+    (the notes' criterion there is ``MSELoss`` against a random target): returns
+    ``step(images, labels) -> loss``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = Net3()

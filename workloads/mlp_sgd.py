@@ -29,9 +29,12 @@ HIDDEN = 128
 
 
 def make_data_as(seed: int, dtype: torch.dtype):
-    """The data of both "from raw" methods (method 2 uses it in float32)."""
-    X, y = datasets.make_regression(
-        n_samples=1000, n_features=5, n_informative=5, n_targets=1, bias=0, noise=0.001, random_state=seed
+    """The data of both "from raw" methods (method 2 uses it in float32).  ``coef=True`` as the
+    notes call it (``X, y, coef = ...``); the true coefficients are not used, and asking for them
+    draws nothing more: X and y are those of ``coef=False`` (``tests/test_notes_hyperparameters.py``)."""
+    X, y, _coef = datasets.make_regression(
+        n_samples=1000, n_features=5, n_informative=5, n_targets=1, bias=0, coef=True, noise=0.001,
+        random_state=seed,
     )
     X_train, X_test, y_train, y_test = split(X, y.reshape(-1, 1), seed)
     X_train, X_test = standardise(X_train, X_test)

@@ -1,9 +1,10 @@
 """Each workload's documented hyper-parameters pinned to the values the notes print.
 
-Every value below is followed by the notes' line it comes from (``000_ff506adf640d1cbe.txt``),
-or marked as the suite's choice where the notes give none.  A drift (a changed learning rate, a
-data argument, a layer width, an epoch count) fails here, loudly, instead of surfacing (or not)
-as a convergence test that happens to pass.  ``docs/workloads.md`` has the same table in prose.
+Every value below is followed by the notes' line it comes from (in each workload's section:
+"案例：分类模型", "案例：回归模型", "神经网络", "从raw建立神经网络"), or marked as the suite's
+choice where the notes give none.  A drift (a changed learning rate, a data argument, a layer
+width, an epoch count) fails here, loudly, instead of surfacing (or not) as a convergence test
+that happens to pass.  ``docs/workloads.md`` has the same table in prose.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The notes' documented tensor and autograd facts, asserted against torch.
 
-Each test below checks one behaviour that the original notes (sections "Tensor",
-"AUTOGRAD" and "旧的" on ``torch.no_grad`` / ``detach`` of
-``shared/seed/000_ff506adf640d1cbe.txt``, restated in the project's shared SPEC) state or show
-by example.  Every assertion is written so that
+Each test below checks one behaviour that the notes (sections "Tensor", "AUTOGRAD", and "旧的"
+on ``torch.no_grad`` / ``detach``) state or show by example.  Every assertion is written so that
 it fails if torch behaved differently from what the notes say.  Where the notes
 leave an open question (which formula ``y.backward(v)`` computes; whether
 ``reshape`` can produce a 1-D tensor) the test answers it.

@@ -158,6 +158,21 @@ def _count(requests, folder, label, steps=None):
     return records, path
 
 
+def one_measurement_each(runs) -> None:
+    """Each of ``runs`` (records, file) must be a count process of its own.  Separate callgrind
+    processes never repeated a total in any comparison made (docs/counting.md's 35 pairs; 5
+    processes counting regression and mlp_adam for issue 22), so two runs with the same total for
+    every configuration are one measurement taken twice, and their A/A pair proves nothing: this
+    raises (docs/noise-study/counts.json once held such a pair, processes 3 and 4)."""
+    first = {}
+    for index, (records, path) in enumerate(runs):
+        totals = tuple((r["workload"], r["style"], r["instructions"]) for r in records)
+        if totals in first:
+            raise RuntimeError(f"counts: processes {first[totals] + 1} and {index + 1} ({Path(path).name}) report the "
+                               "same instructions for every configuration: one measurement twice, not two")
+        first[totals] = index
+
+
 def part_counts(processes, workloads, folder):
     from workloads import counting
 
@@ -168,6 +183,7 @@ def part_counts(processes, workloads, folder):
     requests = [(name, "module") for name in workloads]
     started = time.perf_counter()
     runs = [_count(requests, folder, f"aa-{i}") for i in range(processes)]
+    one_measurement_each(runs)
     per_config = {}
     for name in workloads:
         values = [next(r["instructions_per_step"] for r in records if r["workload"] == name) for records, _ in runs]
@@ -307,7 +323,11 @@ def main(argv=None) -> int:
         if "separate" in parts:
             document["separate"] = part_separate(args.runs, args.steps, separate, folder)
         if "counts" in parts:
-            document["counts"] = part_counts(args.count_processes, workloads, folder)
+            try:
+                document["counts"] = part_counts(args.count_processes, workloads, folder)
+            except RuntimeError as error:  # nothing written: a study with a false figure is no study
+                print(f"noise_study: error: {error}", file=sys.stderr)
+                return 1
     write_json_atomic(args.json, document)
     print(f"wrote {args.json}")
     return 0

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import workloads as W
-from conftest import WORKLOADS
-from workloads import notes_loop
+from conftest import WORKLOADS, needs_placement
+from workloads import lenet, notes_loop
 from workloads.runner import build
 
 SECTIONS = {  # the note's section each as-written loop comes from
@@ -174,6 +174,47 @@ def test_lenet_says_it_is_the_recommended_loop():
     assert "recommended" in notes.section and "the notes train no LeNet" in notes.section
 
 
+# The notes' ``Net.forward`` and ``num_flat_features`` ("神经网络"), line for line, in order.
+NOTES_NET = [
+    "x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))",
+    "x = F.max_pool2d(F.relu(self.conv2(x)), 2)",
+    "x = x.view(-1, self.num_flat_features(x))",
+    "x = F.relu(self.fc1(x))",
+    "x = F.relu(self.fc2(x))",
+    "x = self.fc3(x)",
+    "return x",
+    "def num_flat_features(self, x):",
+    "size = x.size()[1:]  # all dimensions except the batch dimension",
+    "num_features = 1",
+    "for s in size:",
+    "num_features *= s",
+    "return num_features",
+]
+
+
+def in_order(lines, wanted):
+    """Whether ``wanted`` are lines of ``lines``, in that order."""
+    rest = iter(lines)
+    return all(any(line == w for line in rest) for w in wanted)
+
+
+def test_lenet_as_written_runs_the_notes_own_net(monkeypatch):
+    """The as-written LeNet is the notes' ``Net``: its class, its source line for line, and its
+    ``num_flat_features`` called by every forward; the other styles keep the suite's ``LeNet``."""
+    trainer, batcher, plan, _split = built("lenet", 2)
+    assert type(trainer.module) is lenet.Net  # exactly: not the suite's LeNet, a subclass of it
+    source = [line.strip() for line in inspect.getsource(lenet.Net).splitlines()]
+    assert in_order(source, NOTES_NET)
+    assert not in_order(source, ["x = torch.flatten(x, 1)"])
+    calls = []
+    count = lenet.Net.num_flat_features
+    monkeypatch.setattr(lenet.Net, "num_flat_features", lambda self, x: calls.append(tuple(x.shape)) or count(self, x))
+    train(trainer, batcher, plan)
+    assert calls == [(32, 16, 6, 6)] * 2  # one call per forward, on the pooled (batch, 16, 6, 6)
+    module, *_ = build(W.configure("lenet", "module", "cpu", 0, steps=1))
+    assert type(module.module) is lenet.LeNet
+
+
 def test_a_batcher_pairs_with_the_trainer_built_with_it():
     """Runs built one after the other (as interleaving does) each get their own loop state."""
     a = built("mlp_adam", 8)
@@ -197,3 +238,66 @@ def test_as_written_output_is_never_printed(capsys):
     W.run(W.configure("mlp_adam", "as_written", steps=8))
     captured = capsys.readouterr()
     assert captured.out == "" and "copy construct" not in captured.err
+
+
+def rows_and_sizes(batches):
+    """The rows of an epoch's ``(X, y)`` batches as a sorted list (a multiset), and the batch sizes."""
+    batches = list(batches)
+    rows = torch.cat([torch.cat([xb, yb], 1) for xb, yb in batches]).tolist()
+    return sorted(map(tuple, rows)), [len(xb) for xb, _ in batches]
+
+
+def test_the_notes_shuffled_dataloader_yields_the_rows_of_the_suites_epoch():
+    """"案例：回归模型": ``DataLoader(dataset_train, batch_size=batch_size, shuffle=True)`` as written,
+    against the suite's seeded batch sampler (``NotesDataLoader``): every epoch the same multiset of
+    rows (each training row once), in batches of the same sizes; only the order differs."""
+    _trainer, batcher, plan, split = built("regression", 80)  # two epochs of 40 batches
+    torch.manual_seed(0)
+    dataloader_train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(split.X_train, split.y_train),
+                                                   batch_size=20, shuffle=True)
+    for index in range(2):
+        suite, notes = list(batcher.epoch(index)), list(dataloader_train)
+        (suite_rows, suite_sizes), (notes_rows, notes_sizes) = rows_and_sizes(suite), rows_and_sizes(notes)
+        assert suite_sizes == notes_sizes == [20] * 40
+        assert suite_rows == notes_rows and len(set(suite_rows)) == 800
+        assert not torch.equal(suite[0][0], notes[0][0])  # another draw of the order
+
+
+@pytest.mark.parametrize("workload, method", [("classification", "to"), ("mlp_sgd", "cpu"), ("mlp_adam", "cpu")])
+def test_the_gpu_paths_of_the_as_written_loops_on_the_cpu_device(workload, method, monkeypatch):
+    """The as-written loops' paths for a GPU, forced on the CPU device: classification's
+    ``.to(device)`` after each re-creation from numpy, and the ``.cpu()`` before method 1's and
+    method 2's ``loss.data.numpy()``.  Each runs once a step and gives the host path's losses."""
+
+    def losses(trainer, batcher, plan):
+        return [float(trainer.step(*b)) for index in range(len(plan)) for b in batcher.epoch(index)]
+
+    expected = losses(*built(workload, 12)[:3])
+    trainer, batcher, plan, _split = built(workload, 12)
+    trainer.on_host = False  # method 1 and 2: loss.data.cpu().numpy()
+    if isinstance(batcher, notes_loop.NumpyEveryStep):
+        batcher.on_host = False  # classification: X_train_tensor.to(device), y_train_tensor.to(device)
+    calls, original = [], getattr(torch.Tensor, method)
+    monkeypatch.setattr(torch.Tensor, method, lambda self, *a, **k: (calls.append(method), original(self, *a, **k))[1])
+    assert losses(trainer, batcher, plan) == expected
+    assert len(calls) >= (24 if method == "to" else 12)
+    if workload != "classification":
+        kept = trainer.losses if workload == "mlp_sgd" else trainer.batch_loss  # 12 steps, 5 after mlp_adam's epoch
+        assert len(kept) in (12, 5) and all(isinstance(v, np.ndarray) for v in kept)
+
+
+@needs_placement("cuda")
+@pytest.mark.parametrize("workload", ["classification", "mlp_sgd", "mlp_adam"])
+def test_the_as_written_loops_on_the_notes_cuda_device(workload):
+    """On a GPU: the notes' ``device`` is cuda:0, the batches (classification's re-created every
+    step) and the parameters live there, the losses kept as numpy come back through ``.cpu()``."""
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    trainer, batcher, plan, _split = build(W.configure(workload, "as_written", "cuda", 0, steps=8))
+    xb, yb = next(iter(batcher.epoch(0)))
+    assert xb.device == yb.device == device and not trainer.on_host
+    trainer.step(xb, yb)
+    params = [trainer.weights1] if workload == "mlp_sgd" else list(trainer.module.parameters())
+    assert all(p.device == device for p in params)
+    if workload != "classification":
+        kept = trainer.losses if workload == "mlp_sgd" else trainer.batch_loss
+        assert len(kept) == 1 and isinstance(kept[0], np.ndarray)

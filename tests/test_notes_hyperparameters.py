@@ -1,9 +1,10 @@
 """Each workload's documented hyper-parameters pinned to the values the notes print.
 
-Every value below is followed by the notes' line it comes from (``000_ff506adf640d1cbe.txt``),
-or marked as the suite's choice where the notes give none.  A drift (a changed learning rate, a
-data argument, a layer width, an epoch count) fails here, loudly, instead of surfacing (or not)
-as a convergence test that happens to pass.  ``docs/workloads.md`` has the same table in prose.
+Every value below is followed by the notes' line it comes from (in each workload's section:
+"案例：分类模型", "案例：回归模型", "神经网络", "从raw建立神经网络"), or marked as the suite's
+choice where the notes give none.  A drift (a changed learning rate, a data argument, a layer
+width, an epoch count) fails here, loudly, instead of surfacing (or not) as a convergence test
+that happens to pass.  ``docs/workloads.md`` has the same table in prose.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def test_regression(generator_calls):
         coef=True,  # coef=True,  # 为True时，会返回真实的coef值
         noise=0.001,  # noise=0.001,  # 噪声的标准差
     )
-    assert split.X_train.dtype == split.y_train.dtype == torch.float32  # X.astype(np.float32)
+    # X.astype(np.float32): float32, as the notes; cast after the scalers, not before (the suite's order)
+    assert split.X_train.dtype == split.y_train.dtype == torch.float32
     assert split.y_train.shape == (800, 1)  # y.reshape(-1, 1)
     # X_Scaler.fit_transform(X_train) / y_Scaler.fit_transform(y_train): standardised on the training rows
     assert torch.allclose(split.X_train.mean(0), torch.zeros(5), atol=1e-5)
@@ -138,6 +140,7 @@ def _mlp_data(generator_calls, workload):
         n_informative=5,  # n_informative=5,
         n_targets=1,  # n_targets=1,
         bias=0,  # bias=0,  # 就是 intercept
+        coef=True,  # coef=True,  # 为True时，会返回真实的coef值
         noise=0.001,  # noise=0.001,  # 噪声的标准差
     )
     # The notes train on all 1000 rows; the held-out 20 % is the suite's choice (docs/workloads.md)
@@ -181,3 +184,15 @@ def test_mlp_adam(generator_calls):
     assert wl.epochs == 1000  # for i in range(1000):
     assert wl.batch_size == 116  # input_size, hidden_size, output_size, batch_size = ..., 128, 1, 116
     assert not wl.shuffle  # for start in range(0, len(x_tensor), batch_size): in order
+
+
+@pytest.mark.parametrize("informative, bias", [(3, 1), (5, 0)])  # regression; the "from raw" MLPs
+def test_coef_true_draws_the_same_X_and_y(informative, bias):
+    """The notes' ``X, y, coef = make_regression(..., coef=True)``: asking for the true coefficients
+    draws nothing more, so X and y are those of ``coef=False`` (the workloads discard ``coef``)."""
+    kwargs = dict(n_samples=1000, n_features=5, n_informative=informative, n_targets=1, bias=bias, noise=0.001,
+                  random_state=7)
+    X, y, coef = datasets.make_regression(coef=True, **kwargs)
+    X_plain, y_plain = datasets.make_regression(**kwargs)
+    assert (X == X_plain).all() and (y == y_plain).all()
+    assert (coef != 0).sum() == informative  # the coefficients are really there, and unused

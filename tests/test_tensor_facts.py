@@ -1,9 +1,7 @@
 """The notes' documented tensor and autograd facts, asserted against torch.
 
-Each test below checks one behaviour that the original notes (sections "Tensor",
-"AUTOGRAD" and "旧的" on ``torch.no_grad`` / ``detach`` of
-``shared/seed/000_ff506adf640d1cbe.txt``, restated in the project's shared SPEC) state or show
-by example.  Every assertion is written so that
+Each test below checks one behaviour that the notes (sections "Tensor", "AUTOGRAD", and "旧的"
+on ``torch.no_grad`` / ``detach``) state or show by example.  Every assertion is written so that
 it fails if torch behaved differently from what the notes say.  Where the notes
 leave an open question (which formula ``y.backward(v)`` computes; whether
 ``reshape`` can produce a 1-D tensor) the test answers it.
@@ -377,3 +375,29 @@ def test_detach_shares_storage_without_grad():
     before = x.detach().clone()
     d.add_(1.0)  # in-place on the detached tensor changes the original
     _assert_close(x.detach(), before + 1.0)
+
+
+# ---------------------------------------------------------------------------
+# Prediction (section "案例：分类模型", step6)
+# ---------------------------------------------------------------------------
+
+
+def test_torch_max_prediction_equals_the_suites_argmax_ties_included():
+    """The notes predict with ``_, y_predicted = torch.max(my_net(X_test_tensor), 1)``; the suite
+    with ``argmax(1)`` (``losses.accuracy``, the confusion matrix).  Both take the first of tied
+    maxima: the same index on every row, ties included (frequent here: ``MyNet`` puts a ReLU on
+    its logits, so rows of zeros tie)."""
+    from workloads import classification, losses
+
+    outputs = torch.tensor([[0.0, 0.0, 0.0], [1.0, 3.0, 3.0], [2.0, 2.0, 1.0], [0.0, 5.0, 0.0], [0.0, 0.0, 4.0]])
+    values, y_predicted = torch.max(outputs, 1)
+    assert y_predicted.tolist() == [0, 1, 0, 1, 2]  # the first maximum of each row
+    assert torch.equal(values, outputs.amax(1)) and torch.equal(y_predicted, outputs.argmax(1))
+    labels = torch.tensor([0, 2, 1, 1, 2])
+    assert losses.accuracy(outputs, labels) == (y_predicted == labels).double().mean().item() == 0.6
+    torch.manual_seed(0)
+    with torch.no_grad():
+        logits = classification.MyNet()(torch.randn(1000, 10))
+    tied = (logits == logits.amax(1, keepdim=True)).sum(1) > 1
+    assert tied.sum() > 0  # ties on real outputs (3 rows of zeros here), not only on the hand-made rows
+    assert torch.equal(torch.max(logits, 1)[1], logits.argmax(1))

@@ -82,13 +82,14 @@ class NumpyEveryStep:
         self.X = split.X_train.cpu().double().numpy()
         self.y = split.y_train.cpu().numpy()
         self.x_dtype, self.y_dtype, self.device = split.X_train.dtype, split.y_train.dtype, split.X_train.device
+        self.on_host = self.device.type == "cpu"  # else the notes' `.to(device)` after each re-creation
         self.plan = [[e if isinstance(e, slice) else e.numpy() for e in epoch] for epoch in plan]
         self.whole = _epoch_length(plan)
         self.loop = loop if loop is not None else NotesLoop()
         self.loop.data = split
 
     def _batches(self, entries):
-        on_host = self.device.type == "cpu"
+        on_host = self.on_host
         for rows in entries:
             X_train_tensor = torch.tensor(self.X[rows], dtype=self.x_dtype)
             y_train_tensor = torch.tensor(self.y[rows], dtype=self.y_dtype)

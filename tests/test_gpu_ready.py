@@ -319,7 +319,7 @@ def test_gpu_check_bad_arguments_are_one_line_and_exit_2(capsys, argv, expected)
 
 def test_gpu_check_dry_run_walks_the_whole_plan(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = gpu_check("--dry-run", "--json", str(out))
+    proc = gpu_check("--dry-run", "--stages", "plan", "--json", str(out))  # the stages: test_first_gpu_run.py
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # capped at 4 steps: targets missed
     document = json.loads(out.read_text())
@@ -329,8 +329,11 @@ def test_gpu_check_dry_run_walks_the_whole_plan(tmp_path):
                   for p in ("cuda", "cuda_graph", "dataparallel")}
     assert len(applicable["cuda"]) == 7 and "as_written" not in applicable["cuda_graph"]
     assert "raw" not in applicable["dataparallel"] and "fused" not in applicable["dataparallel"]
-    assert len(document["records"]) == len(names) * sum(len(v) for v in applicable.values())
-    assert all(r["steps"] == 4 and r["device"] in ("cpu", "cpu_traced_graph") for r in document["records"])
+    # less mlp_sgd's as_written loop on dataparallel: no nn.Module to wrap (issue 20, item 2)
+    assert len(document["records"]) == len(names) * sum(len(v) for v in applicable.values()) - 1
+    assert all(r["steps"] == 4 and r["device"] in ("cpu", "cpu_traced_graph", "cpu_wrapped")
+               for r in document["records"])
+    assert {r["device"] for r in document["records"] if r["style"] == "raw"} == {"cpu", "cpu_traced_graph"}
     assert len(document["graphs"]) == len(names) * len(applicable["cuda_graph"])
     assert all(row[-1].startswith("ok") for row in document["graphs"])  # CPU stand-in: trajectories agree
     for placement, skipped in (("cuda_graph", "as_written"), ("dataparallel", "raw"), ("dataparallel", "fused")):
@@ -342,7 +345,7 @@ def test_gpu_check_dry_run_walks_the_whole_plan(tmp_path):
 
 def test_gpu_check_dry_run_that_reaches_every_target_exits_0_and_launches_ddp_with_its_backend(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = gpu_check("--dry-run", "--placements", "cuda", "--workloads", "regression", "--styles", "fused",
+    proc = gpu_check("--dry-run", "--stages", "plan", "--placements", "cuda", "--workloads", "regression", "--styles", "fused",
                      "--steps", "800", "--no-graph-comparison", "--ddp-nproc", "2", "--json", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "every run reached its target; exit status 0" in proc.stdout
@@ -355,7 +358,7 @@ def test_gpu_check_dry_run_that_reaches_every_target_exits_0_and_launches_ddp_wi
 
 def test_gpu_check_a_crashed_run_and_a_dead_worker_are_rows_and_the_check_goes_on(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = gpu_check("--dry-run", "--placements", "cuda,cuda_graph", "--workloads", "regression", "--styles",
+    proc = gpu_check("--dry-run", "--stages", "plan", "--placements", "cuda,cuda_graph", "--workloads", "regression", "--styles",
                      "module,fused", "--no-graph-comparison", "--json", str(out),
                      fault="crash:cuda/regression/module;die:cuda_graph/regression/module")
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -374,7 +377,7 @@ def test_gpu_check_a_crashed_run_and_a_dead_worker_are_rows_and_the_check_goes_o
 
 def test_gpu_check_a_hung_run_is_killed_at_its_timeout_and_the_budget_covers_the_rest(tmp_path):
     started = time.monotonic()
-    proc = gpu_check("--dry-run", "--placements", "cuda", "--workloads", "regression", "--styles", "module,fused",
+    proc = gpu_check("--dry-run", "--stages", "plan", "--placements", "cuda", "--workloads", "regression", "--styles", "module,fused",
                      "--no-graph-comparison", "--budget-s", "2", "--grace-s", "3", fault="hang:cuda/regression/module")
     wall = time.monotonic() - started
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -138,7 +138,7 @@ def test_deterministic_refuses_when_cuda_started_without_the_workspace(monkeypat
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(W.UsageError, match="set CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting"):
-        W.configure("regression", "raw", steps=2, deterministic=True)
+        W.configure("regression", "raw", "cuda", steps=2, deterministic=True)  # a CPU run is not refused
 
 
 def test_a_nondeterministic_operation_is_one_line(monkeypatch, capsys):

@@ -444,7 +444,7 @@ def quality_records(steps: Optional[int] = None) -> dict:
 
 def gpu_config(workload: str, style: str, placement: str, steps: int = PEAKMEM_STEPS) -> RunConfig:
     """The run whose GPU memory is tracked; :class:`Unavailable` off CUDA or where it cannot run."""
-    if getattr(PLACEMENTS.get(placement), "device_type", "cpu") != "cuda":
+    if PLACEMENTS.get(placement).device().type != "cuda":  # ddp: its backend's device, asked now
         raise Unavailable(f"placement {placement} runs on the CPU: no GPU memory to track")
     return _configure(workload, style, placement, steps=steps)
 

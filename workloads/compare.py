@@ -22,7 +22,7 @@ import torch
 
 from . import peers as _peers
 from .console import progress_bar, progress_trackers
-from .flops import step_flops, throughputs
+from .flops import peak_applies, step_flops, throughputs
 from .interleave import paired_records, run_interleaved
 from .placements import PLACEMENTS
 from .references import typical_seed
@@ -92,8 +92,8 @@ def aggregate(records: List[dict], flops_per_step: float, peak: float) -> dict:
         "convergence_warning": any(r.get("convergence_warning") for r in records),
         "vs_reference": None, "vs_best_peer": None,
     }
-    row["peak_share"] = (flops_per_step / step_median / peak
-                         if row["kind"] == "style" and step_median and peak else None)
+    row["peak_share"] = (flops_per_step / step_median / peak  # the CPU's peak: CPU rows only
+                         if row["kind"] == "style" and step_median and peak and peak_applies(first) else None)
     return row
 
 

@@ -125,3 +125,18 @@ def matmul_throughput(dtype: torch.dtype = torch.float32, threads: int = 1, n: i
 def throughputs(dtypes, threads: int = 1) -> Dict[str, float]:
     """Measured peak matmul FLOP/s per dtype name (e.g. ``{"float32": 9.1e10}``)."""
     return {str(d).replace("torch.", ""): matmul_throughput(d, threads) for d in dtypes}
+
+
+def peak_applies(record: dict) -> bool:
+    """Whether :func:`throughputs` (a ``torch.mm`` benchmark on the CPU) is the ceiling of this
+    record's steps: only for runs that computed on the CPU (``cpu``; ``ddp`` over gloo).  A GPU
+    row's share of the CPU's one-thread peak would be a meaningless figure far above 100 %, so
+    ``compare`` prints none for it (no GPU peak is measured)."""
+    from .placements import PLACEMENTS
+
+    name = record.get("device")
+    if name not in PLACEMENTS.names():
+        return False
+    if name == "ddp":  # its device follows the backend the ranks joined with
+        return record.get("backend") == "gloo"
+    return PLACEMENTS.get(name).device_type == "cpu"

@@ -351,6 +351,7 @@ WORKLOAD = register_workload(
             trainer=AsWritten,
             habits="raw leaf tensors, loss.data.numpy() appended every step, print('loss:', loss) every "
                    "1000 steps, .data.add_ updates and .grad.data.zero_()",
+            uses_module=False,  # raw leaf tensors: DataParallel has nothing to wrap
         ),
         metric=Metric("test_mse", higher_is_better=False, fn=mse),
         peers=(

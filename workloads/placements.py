@@ -148,6 +148,30 @@ def warm_up(device: torch.device) -> None:
     _WARMED.add(key)
 
 
+def strict_float32() -> None:
+    """float32 means float32 on the GPU too: no TensorFloat-32 in cuBLAS matmuls or cuDNN
+    convolutions.  torch's defaults differ by library: cuBLAS matmuls are IEEE float32
+    (``float32_matmul_precision`` "highest"), but cuDNN convolutions run in TF32 unless told
+    otherwise (torch/backends/cudnn/__init__.py, ``allow_tf32``; ATen/Context.h keeps
+    ``{CUDA, CONV}`` at ``DEFAULT``, read back as "tf32") on Ampere and later GPUs, so LeNet's
+    convolutions would carry 10-bit mantissas while its records say float32.  The legacy flags
+    are used (not ``fp32_precision = "ieee"``): mixing the two APIs makes torch's own
+    ``torch.backends.cudnn.allow_tf32`` getter raise.  Process-wide; CPU kernels ignore both."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def float32_precision() -> str:
+    """What float32 means on CUDA in this process now, for the record (``device_name``)."""
+    try:
+        flags = (("cuBLAS", torch.backends.cuda.matmul.allow_tf32), ("cuDNN", torch.backends.cudnn.allow_tf32))
+    except RuntimeError:  # someone mixed the legacy and the fp32_precision APIs: ask the new one
+        flags = (("cuBLAS", torch.backends.cuda.matmul.fp32_precision == "tf32"),
+                 ("cuDNN", torch.backends.cudnn.conv.fp32_precision == "tf32"))
+    tf32 = [name for name, on in flags if on]
+    return f"float32 with TF32 in {' and '.join(tf32)}" if tf32 else "float32 IEEE (TF32 off)"
+
+
 def _reset_peak_memory_stats(device: torch.device) -> None:
     """``torch.cuda.reset_peak_memory_stats(device)``, safe in a process where CUDA is not
     initialised yet.  torch/cuda/memory.py's ``reset_peak_memory_stats`` goes straight to
@@ -173,6 +197,8 @@ def _cuda_graph_availability() -> Availability:
 class Placement:
     name: str
     description: str
+    # "cpu" or "cuda"; "backend" (ddp): the backend a rank joins with decides, ask device().type.
+    # Never computed at import: see the ddp registration below.
     device_type: str
     check: Callable[[], Availability]
     wraps_module: bool = False  # True: the model is wrapped, so the raw style does not apply
@@ -182,11 +208,13 @@ class Placement:
     def availability(self) -> Availability:
         return self.check()
 
-    def applies_to(self, style) -> Availability:
-        if self.wraps_module and not style.uses_module:
-            return Availability(
-                False, f"{self.name} wraps an nn.Module; the {style.name} style has none"
-            )
+    def applies_to(self, style, workload=None) -> Availability:
+        """Whether this placement applies to ``style`` (on ``workload``: as_written is each
+        workload's own loop, and mlp_sgd's has no nn.Module to wrap)."""
+        if self.wraps_module and not style.uses_module_for(workload):
+            whose = f"{workload.name}'s {style.name} loop" if workload is not None and style.uses_module \
+                else f"the {style.name} style"
+            return Availability(False, f"{self.name} wraps an nn.Module; {whose} has none")
         if self.captures_steps and style.capture_problem:
             return Availability(False, f"{self.name} does not apply to the {style.name} style: {style.capture_problem}")
         return Availability(True)
@@ -216,7 +244,8 @@ class Placement:
     def device_name(self) -> str:
         if self.device_type == "cuda":
             names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            return names[0] if not self.wraps_module else f"{len(names)}x {names[0]}"
+            name = names[0] if not self.wraps_module else f"{len(names)}x {names[0]}"
+            return f"{name}, {float32_precision()}"
         return platform.processor() or platform.machine() or "cpu"
 
     # --- what a multi-process placement changes; one process: nothing -----------------------
@@ -228,9 +257,11 @@ class Placement:
         return None
 
     def setup(self) -> None:
-        """Prepare the process before a run is built (untimed): on CUDA, pay the devices'
-        one-off start-up (:func:`warm_up`); ddp: join the process group first."""
+        """Prepare the process before a run is built (untimed): on CUDA, float32 without TF32
+        (:func:`strict_float32`) and the devices' one-off start-up paid (:func:`warm_up`);
+        ddp: join the process group first."""
         if self.device_type == "cuda":
+            strict_float32()
             for device in self.devices():
                 warm_up(device)
 
@@ -298,7 +329,8 @@ class DistributedPlacement(Placement):
             torch.cuda.synchronize(self.device())
 
     def device_name(self) -> str:
-        return distributed.device_name()
+        name = distributed.device_name()
+        return f"{name}, {float32_precision()}" if self.device().type == "cuda" else name
 
     def world_size(self) -> int:
         return distributed.world_size()
@@ -309,6 +341,7 @@ class DistributedPlacement(Placement):
     def setup(self) -> None:
         distributed.ensure_process_group()  # nccl: sets this rank's GPU first
         if self.device().type == "cuda":
+            strict_float32()
             warm_up(self.device())
 
     def devices(self) -> list:
@@ -361,8 +394,10 @@ PLACEMENTS.register(
         "ddp",
         "DistributedDataParallel, one process per rank started by torchrun (--backend gloo: CPU ranks; "
         "nccl: one GPU per rank; default nccl when CUDA is visible, else gloo)",
-        # the default backend's device type; each rank's device() follows the backend it joined with
-        "cuda" if distributed.use_cuda() else "cpu",
+        # decided when asked, not at import: each rank's device() follows the backend it joined
+        # with, and asking whether CUDA is visible here would initialise the CUDA driver in the
+        # importing process (torch.cuda.is_available -> cudaGetDeviceCount) and poison every fork
+        "backend",
         _ddp_availability,
     )
 )

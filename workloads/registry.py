@@ -50,6 +50,9 @@ class AsWritten:
     section: str
     trainer: Callable  # (workload, params, placement, OptimizerSpec) -> trainer
     habits: str
+    # Whether the notes keep this loop's model in an nn.Module: False (mlp_sgd's method 1, plain
+    # leaf tensors) and a placement that wraps a module (DataParallel) does not apply to it.
+    uses_module: bool = True
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ def configure(
         if value is not None:
             _positive_int(name, value)
     if deterministic:
-        _cublas_workspace()
+        _cublas_workspace(placement)
     batch_size = _batch_size(wl, batch_size)
     _check_placement(wl, st, placement, batch_size, nproc)
     per_epoch = steps_per_epoch(wl.n_train, batch_size, wl.steps_per_epoch)
@@ -237,7 +237,7 @@ def _check_placement(wl: Workload, st, placement, batch_size: Optional[int], npr
     if launching and not hasattr(placement, "launch_availability"):
         raise UsageError(f"--nproc starts ddp ranks; it does not apply to --device {placement.name}")
     available = placement.launch_availability(nproc) if launching else placement.availability()
-    for check in (available, placement.applies_to(st)):
+    for check in (available, placement.applies_to(st, wl)):  # workload x style x placement
         if not check.ok:
             raise Unavailable(check.reason)
     world = nproc if launching else placement.world_size()
@@ -248,16 +248,21 @@ def _check_placement(wl: Workload, st, placement, batch_size: Optional[int], npr
 CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")  # the values cuBLAS's reproducibility check accepts
 
 
-def _cublas_workspace() -> None:
+def _cublas_workspace(placement) -> None:
     """``--deterministic`` needs cuBLAS's fixed workspace, which CUDA reads once, when its runtime
     initialises: set it in ``configure`` (before any build touches CUDA; ddp ranks inherit it),
-    refuse a value cuBLAS would reject, and refuse when it is already too late."""
+    refuse a value cuBLAS would reject, and refuse when it is already too late for a run on CUDA.
+    A run on the CPU never reaches cuBLAS: CUDA initialised by an earlier run (a test) is no
+    reason to refuse it, and the variable is then left unset (set now it would satisfy torch's
+    check, which reads it at each call, for a workspace cuBLAS already chose without it)."""
     value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if value is not None and value not in CUBLAS_DETERMINISTIC:
         raise UsageError(f"--deterministic: CUBLAS_WORKSPACE_CONFIG={value!r} is not deterministic; "
                          f"valid: {' or '.join(CUBLAS_DETERMINISTIC)} (or unset)")
     if value is None:
         if torch.cuda.is_initialized():
+            if placement.device().type != "cuda":  # ddp: the backend's device (nccl: CUDA)
+                return
             raise UsageError("--deterministic: CUDA is already initialised in this process without "
                              "CUBLAS_WORKSPACE_CONFIG; set CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting")
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]

@@ -141,6 +141,14 @@ class Style:
     capture_problem: Optional[str] = None  # why a CUDA graph cannot replay this style's step; None: it can
     trainer_batches: bool = False  # True: the trainer gets its own batches (``trainer.make_batcher``)
 
+    def uses_module_for(self, workload: Optional[Workload] = None) -> bool:
+        """Whether this style's trainer for ``workload`` keeps its model in an ``nn.Module`` (a
+        placement that wraps one needs it).  as_written: the workload's own loop decides
+        (``AsWritten.uses_module``); without a workload, the style's general answer."""
+        if workload is not None and self.make_trainer is _as_written_trainer and workload.as_written is not None:
+            return workload.as_written.uses_module
+        return self.uses_module
+
     def batcher(self, split: Split, plan: List[List[BatchEntry]], trainer):
         """A run's batcher over ``plan``: the style's, or its trainer's own (as_written: the notes'
         way of getting batches, sharing the loop's counters with the trainer's step)."""

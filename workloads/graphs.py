@@ -84,6 +84,9 @@ class GraphedTrainer:
         self.graphs: Dict[tuple, _Captured] = {}
         self.eager_steps: Counter = Counter()
         self.replayed_steps = 0
+        # True after a step that paid a one-off cost (an eager warm-up before a capture, or the
+        # capture itself): the runner trains it but keeps it out of the timing samples.
+        self.setup_step = False
 
     def __getattr__(self, name):  # only called for what this class does not define
         return getattr(self.__dict__["trainer"], name)
@@ -95,6 +98,7 @@ class GraphedTrainer:
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         key = (tuple(xb.shape), xb.dtype, tuple(yb.shape), yb.dtype)
         captured = self.graphs.get(key)
+        self.setup_step = captured is None
         if captured is None:
             if self.eager_steps[key] < self.warmup:
                 self.eager_steps[key] += 1

@@ -395,7 +395,7 @@ class Session:
         self.step_times: List[float] = []  # every timed step, warm-up steps included (the raw sum)
         self.block_times: List[float] = []  # mean step time of each block's timed steps (the samples)
         self.block_rounds: List[int] = []  # the interleaving round each block ran in
-        self.warmup_times: List[float] = []  # each block's warm-up steps, timed apart
+        self.warmup_times: List[float] = []  # block warm-ups and cuda_graph set-up steps, timed apart
         self.losses: List[float] = []
         self.history: List[dict] = []
         self.step, self.elapsed = 0, 0.0
@@ -426,7 +426,8 @@ class Session:
             if step is None:
                 self.finished = True
                 break
-            (self.warmup_times if trained < warmup else timed).append(step[0])
+            one_off = getattr(self.trainer, "setup_step", False)  # cuda_graph: a warm-up or a capture
+            (self.warmup_times if trained < warmup or one_off else timed).append(step[0])
             trained += 1
             self.finished = self._after_step(*step)
         if timed:

@@ -9,8 +9,9 @@ options are the scaling benchmarks' (one at a time).  The measurement is
 from __future__ import annotations
 
 from .. import WORKLOADS, Unavailable, UsageError
-from ..console import check_json_path, positive_int, write_json_atomic
+from ..console import positive_int
 from ..console import seed as seed_type
+from ..outputs import check_output_path, write_json
 
 MODES = ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
@@ -29,7 +30,7 @@ def add_parser(subparsers):
     size.add_argument("--rows", type=positive_int, help="training rows (the scaling benchmarks' tiling)")
     size.add_argument("--batch-size", type=positive_int)
     size.add_argument("--hidden", type=positive_int, help="hidden width (classification, mlp_sgd, mlp_adam)")
-    c.add_argument("--json", metavar="PATH", help="write the list of records here")
+    c.add_argument("--json", metavar="PATH", help="write the list of records here (-: standard output)")
     return c
 
 
@@ -49,7 +50,7 @@ def main(args) -> int:
         records.append(record)
         print(describe(record), flush=True)
     if args.json:
-        write_json_atomic(args.json, records)
+        write_json(args.json, records)
     return 0
 
 
@@ -59,7 +60,7 @@ def _check(args) -> list:
     for name in names:
         WORKLOADS.get(name)  # an unknown name: one line listing the valid ones
     if args.json is not None:
-        check_json_path(args.json)
+        check_output_path(args.json, standard_output=True)
     import torch._dynamo
 
     if args.backend not in torch._dynamo.list_backends(exclude_tags=()):

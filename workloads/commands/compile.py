@@ -77,9 +77,21 @@ def _check(args) -> list:
 
 def describe(r: dict) -> str:
     """One record as the command's line."""
+    if r["step_median_s"] is None:
+        return _no_steady_state(r)
     pays = (f"pays back after {r['break_even_steps']:,.0f} steps" if r["break_even_steps"] is not None
             else "never pays off (the compiled step is not faster)")
     scale = "".join(f" {k}={v}" for k, v in r.get("scale", {}).items())
     return (f"{r['workload']}{scale}: compile {r['compile_s']:.1f} s ({r['backend']}); step median "
             f"{r['step_median_s'] * 1e6:.0f} us compiled vs {r['eager_step_median_s'] * 1e6:.0f} us eager "
             f"({r['speedup']:.2f}x); {pays}; max relative loss difference {r['max_rel_loss_diff']:.1e}")
+
+
+def _no_steady_state(r: dict) -> str:
+    """The line of a record whose every compiled call compiled: no steady-state step to compare."""
+    scale = "".join(f" {k}={v}" for k, v in r.get("scale", {}).items())
+    why = ("its one step compiled" if r["steps"] == 1
+           else f"each of its {r['steps']} steps met a new batch shape and compiled")
+    return (f"{r['workload']}{scale}: compile {r['compile_s']:.1f} s ({r['backend']}); no steady-state step "
+            f"median: {why} (raise --steps); eager step median {r['eager_step_median_s'] * 1e6:.0f} us; "
+            f"max relative loss difference {r['max_rel_loss_diff']:.1e}")

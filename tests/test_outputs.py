@@ -160,6 +160,21 @@ def test_dash_is_standard_output_and_the_table_goes_to_standard_error(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no file named "-"
 
 
+def test_dash_through_ddp_ranks_is_standard_output_too(tmp_path):
+    """``--nproc 2``: rank 0's table (a child of torchrun) goes to standard error as well; the
+    launcher writes the records it read back from rank 0."""
+    from workloads import distributed
+
+    env = {k: v for k, v in os.environ.items() if k not in distributed.ENV_VARS}
+    proc = subprocess.run([sys.executable, "-m", "workloads", "run", "regression", "--style", "raw", "--steps", "3",
+                           "--quiet", "--device", "ddp", "--nproc", "2", "--backend", "gloo", "--json", "-"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    [record] = json.loads(proc.stdout)
+    assert record["world_size"] == 2 and "ddp 2xgloo" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("option", ["--save", "--trace"])
 def test_dash_is_refused_where_standard_output_is_not_offered(tmp_path, capsys, monkeypatch, option):
     monkeypatch.chdir(tmp_path)

@@ -105,6 +105,12 @@ def check_out_dir(path: str, option: str = "--out") -> None:
     _probe(existing, f"{option} {path!r}: cannot create folders in {existing!r}")
 
 
+def replaced_atomically(path: str) -> bool:
+    """Whether :func:`output_file` replaces ``path`` by a rename (a regular file, a link to one, a
+    new name), so that it can be read back after it is written; not ``-``, a pipe or a device."""
+    return path != STANDARD_OUTPUT and not _in_place(_mode(path, f"cannot write {path!r}"))
+
+
 @contextlib.contextmanager
 def output_file(path: str, binary: bool = False, suffix: str = "", error=UsageError):
     """A handle whose content becomes ``path`` on success, by the rules of this module.

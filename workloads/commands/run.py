@@ -24,7 +24,7 @@ from ..console import (PROG, comparison_cell, format_table, non_negative_float, 
                        progress_bar, progress_trackers, seconds, seconds_interval)
 from ..console import seed as seed_type
 from ..interleave import run_interleaved
-from ..outputs import check_output_path, write_json
+from ..outputs import check_output_path, replaced_atomically, write_json
 
 HEADERS = ("workload", "style", "device", "steps", "train loss", "test loss", "metric", "target",
            "to target", "time to target", "step median [95 % CI]", "vs reference", "train time", "notes")
@@ -166,21 +166,25 @@ def _rank_argv(args, json_path: str) -> List[str]:
 
 def _launch_ranks(args) -> int:
     """Start the ranks with torchrun --standalone; report every failed rank in one line."""
-    # rank 0 hands its records back through a scratch file (to see divergence); --json is written here
-    fd, scratch = tempfile.mkstemp(prefix="torchloops-ddp-", suffix=".json")
-    os.close(fd)
+    if args.json and replaced_atomically(args.json):
+        json_path, scratch = os.path.abspath(args.json), None
+    else:  # rank 0 hands its records back through a scratch file (to see divergence); `-`, a pipe: written here
+        fd, scratch = tempfile.mkstemp(prefix="torchloops-ddp-", suffix=".json")
+        os.close(fd)
+        json_path = scratch
     try:
         status, failure = launcher.launch(
-            args.nproc, launcher.rank_python_args(_rank_argv(args, scratch)), threads=args.threads
+            args.nproc, launcher.rank_python_args(_rank_argv(args, json_path)), threads=args.threads
         )
         if status:
             print(f"{PROG}: error: ddp run with {args.nproc} ranks failed: {failure}", file=sys.stderr)
             return status
-        with open(scratch) as handle:
+        with open(json_path) as handle:
             records = json.load(handle)
     finally:
-        os.unlink(scratch)
-    if args.json:
+        if scratch is not None and os.path.exists(scratch):
+            os.unlink(scratch)
+    if scratch is not None and args.json:
         write_json(args.json, records)
     return _diverged_status(records)
 

@@ -43,7 +43,8 @@ from torch.utils.benchmark import Timer  # noqa: E402
 
 import workloads as W  # noqa: E402
 from workloads import benchmarking, cli  # noqa: E402
-from workloads.console import check_json_path, format_table, positive_int, write_json_atomic  # noqa: E402
+from workloads.console import format_table, positive_int  # noqa: E402
+from workloads.outputs import check_output_path, write_json  # noqa: E402
 from workloads.references import typical_seed  # noqa: E402
 from workloads.runner import BLOCK_STEPS, Session, configure, process_settings  # noqa: E402
 
@@ -225,7 +226,7 @@ def _arguments(argv):
         parser.error(f"unknown part or workload {', '.join(bad)}; valid parts: {', '.join(PARTS)}; "
                      f"workloads: {', '.join(W.workload_names())}")
     if args.json is not None:
-        check_json_path(args.json)
+        check_output_path(args.json)
     return args
 
 
@@ -251,7 +252,11 @@ def main(argv=None) -> int:
         document["alone"] = alone_part(args.workloads, args.rounds)
         print_alone(document["alone"])
     if args.json:
-        write_json_atomic(args.json, document)
+        try:
+            write_json(args.json, document)
+        except W.UsageError as error:
+            print(f"alone_check: error: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

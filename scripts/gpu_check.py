@@ -101,7 +101,8 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import workloads as W  # noqa: E402
-from workloads.console import check_json_path, format_table, seconds, write_json_atomic  # noqa: E402
+from workloads.console import ArgumentParser, format_table, seconds  # noqa: E402
+from workloads.outputs import STANDARD_OUTPUT, check_output_path, json_to_standard_output, write_json  # noqa: E402
 from workloads.references import typical_seed  # noqa: E402
 
 EXIT_OK, EXIT_MISSED, EXIT_USAGE, EXIT_CRASHED, EXIT_NO_GPU = 0, 1, 2, 3, 4
@@ -141,7 +142,7 @@ class Usage(Exception):
     """Bad arguments: one line on stderr, exit 2."""
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(ArgumentParser):
     def error(self, message):
         raise Usage(message)
 
@@ -200,7 +201,7 @@ def parse_args(argv=None):
                         help="ranks of the ddp runs (default: the visible GPUs when 2+, else none; dry run: none)")
     parser.add_argument("--ddp-backend", choices=("nccl", "gloo"),
                         help="backend of the ddp runs (default nccl; dry run gloo)")
-    parser.add_argument("--json", help="write every record, failure and verdict here")
+    parser.add_argument("--json", help="write every record, failure and verdict here (-: standard output)")
     parser.add_argument("--dry-run", action="store_true",
                         help="walk the same plan on the CPU placement, each run capped at --steps: tests the script")
     parser.add_argument("--stages", default="all",
@@ -224,7 +225,7 @@ def parse_args(argv=None):
     args.ddp_backend = args.ddp_backend or ("gloo" if dry else "nccl")
     if args.json is not None:
         try:
-            check_json_path(args.json)
+            check_output_path(args.json, standard_output=True)
         except W.UsageError as error:
             raise Usage(str(error)) from None
     return args
@@ -769,6 +770,12 @@ def main(argv=None) -> int:
         return worker()
     if args.probe:
         return (probe_versions if args.probe == "versions" else probe_fork)(args.dry_run)
+    with json_to_standard_output(args.json == STANDARD_OUTPUT):
+        return _check_gpus(args)
+
+
+def _check_gpus(args) -> int:
+    """The whole check: the plan run, the tables printed, --json written."""
     cuda = W.PLACEMENTS.get("cuda").availability()
     gpus = torch.cuda.device_count() if cuda.ok else 0
     nproc = args.ddp_nproc if args.ddp_nproc is not None else (gpus if gpus >= 2 and not args.dry_run else 0)
@@ -805,10 +812,14 @@ def main(argv=None) -> int:
                              + (f", {check.missed} missed" if check.missed else "")}[status]
     print(f"\ngpu_check: {len(check.records)} runs in {elapsed:.0f} s; {verdict}; exit status {status}")
     if args.json:
-        write_json_atomic(args.json, {"gpus": names, "dry_run": args.dry_run, "elapsed_s": elapsed,
-                                      "budget_s": args.budget_s, "exit_status": status, "records": check.records,
-                                      "failures": check.failures, "graphs": check.graph_rows,
-                                      "stages": check.stage_logs})
+        try:
+            write_json(args.json, {"gpus": names, "dry_run": args.dry_run, "elapsed_s": elapsed,
+                                   "budget_s": args.budget_s, "exit_status": status, "records": check.records,
+                                   "failures": check.failures, "graphs": check.graph_rows,
+                                   "stages": check.stage_logs})
+        except W.UsageError as error:
+            print(f"gpu_check: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
     return status
 
 

@@ -22,7 +22,6 @@ Parts (each prints its table; --json writes every figure):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import io
@@ -45,7 +44,8 @@ import torch  # noqa: E402
 import planted  # noqa: E402  (registers the test-only style)
 import workloads as W  # noqa: E402
 from workloads import cli  # noqa: E402
-from workloads.console import check_json_path, positive_int, write_json_atomic  # noqa: E402
+from workloads.console import ArgumentParser, positive_int  # noqa: E402
+from workloads.outputs import STANDARD_OUTPUT, check_output_path, json_to_standard_output, write_json  # noqa: E402
 from workloads.interleave import run_interleaved  # noqa: E402
 from workloads.runner import BLOCK_STEPS, BLOCK_WARMUP_STEPS  # noqa: E402
 
@@ -263,7 +263,7 @@ def report(document: dict) -> str:
     return "\n".join(out)
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(ArgumentParser):
     def error(self, message):  # one line naming what is valid, exit 2 (not argparse's usage block)
         print(f"noise_study: error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--separate-workloads", default="regression,mlp_adam")
     parser.add_argument("--count-processes", type=positive_int, default=4)
-    parser.add_argument("--json", default="results/noise_study.json")
+    parser.add_argument("--json", default="results/noise_study.json", help="-: standard output (the rest on stderr)")
     parser.add_argument("--report", metavar="JSON", help="print the Markdown tables of a finished study and stop")
     args = parser.parse_args(argv)
     if args.report:
@@ -301,8 +301,9 @@ def main(argv=None) -> int:
         problems.append("--count-processes: at least 2 (the A/A pairs)")
     if not problems:
         try:  # its folder made here, as for the default results/noise_study.json
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            check_json_path(args.json)
+            if args.json != STANDARD_OUTPUT:
+                os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            check_output_path(args.json, standard_output=True)
         except OSError as error:
             problems.append(f"--json {args.json!r}: {error.strerror or error}")
         except W.UsageError as error:
@@ -310,6 +311,12 @@ def main(argv=None) -> int:
     if problems:
         print(f"noise_study: error: {'; '.join(problems)}", file=sys.stderr)
         return 2
+    with json_to_standard_output(args.json == STANDARD_OUTPUT):
+        return _study(args, argv, parts, workloads, separate)
+
+
+def _study(args, argv, parts, workloads, separate) -> int:
+    """Every part asked for, then the document written to --json (a write error: one line, exit 2)."""
     torch.set_num_threads(1)
     document = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
                 "torch": torch.__version__, "runs": args.runs, "steps": args.steps,
@@ -328,7 +335,11 @@ def main(argv=None) -> int:
             except RuntimeError as error:  # nothing written: a study with a false figure is no study
                 print(f"noise_study: error: {error}", file=sys.stderr)
                 return 1
-    write_json_atomic(args.json, document)
+    try:
+        write_json(args.json, document)
+    except W.UsageError as error:
+        print(f"noise_study: error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {args.json}")
     return 0
 

@@ -26,6 +26,12 @@ BAD_INPUTS = [
     (["run", "regression", "--lr", "nan"], "positive finite number"),
     (["run", "regression", "--lr", "inf"], "positive finite number"),
     (["run", "regression", "--lr", "fast"], "positive finite number"),
+    # negative numbers argparse's own pattern misses (it took them for options: "expected one argument")
+    (["run", "regression", "--lr", "-inf"], "must be a positive finite number, got '-inf'"),
+    (["run", "regression", "--lr", "-1e-3"], "must be a positive finite number, got '-1e-3'"),
+    (["run", "regression", "--weight-decay", "-1e-9"], "must be a finite number >= 0, got '-1e-9'"),
+    (["run", "regression", "--weight-decay", "-.5e1"], "must be a finite number >= 0, got '-.5e1'"),
+    (["compile", "regression", "--steps", "-1e3"], "positive integer, got '-1e3'"),
     (["run", "regression", "--batch-size", "0"], "positive integer"),
     (["run", "regression", "--batch-size", "801"], "valid: 1 to 800"),
     (["run", "all", "--batch-size", "1000"], "valid: 1 to 800"),

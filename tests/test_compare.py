@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import workloads as W
-from workloads import cli, compare, console, flops, peers
+from workloads import cli, compare, flops, outputs, peers
 from workloads.references import typical_seed
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -120,7 +120,7 @@ def test_compare_rejects_bad_input_before_running(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(W.UsageError, match="not a directory"):
-        console.check_out_dir(str(blocker))
+        outputs.check_out_dir(str(blocker))
     assert cli.main(["compare", "nosuchworkload", "--out", str(tmp_path / "a")]) == 2
     assert cli.main(["compare", "--seeds", "0", "--out", str(tmp_path / "b")]) == 2
     assert cli.main(["compare", "regression", "--out", str(blocker)]) == 2
@@ -135,7 +135,7 @@ def test_compare_rejects_bad_input_before_running(tmp_path, capsys):
         assert "nothing to compare" in err and "valid here: --device" in err
     if os.path.isdir("/proc"):  # os.access says root may write there; the filesystem refuses
         with pytest.raises(W.UsageError, match="cannot create folders in '/proc'"):
-            console.check_out_dir("/proc/torchloops-out")
+            outputs.check_out_dir("/proc/torchloops-out")
 
 
 def test_cli_registers_compare_and_converge():

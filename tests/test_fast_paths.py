@@ -157,6 +157,17 @@ def test_compiled_mode_reports_compile_time_apart_from_steady_state():
     assert "compile" in line and ("pays back" in line or "never pays off" in line)
 
 
+def test_compile_with_no_steady_state_says_why_instead_of_nan(tmp_path, capsys):
+    """``--steps 1``: the one compiled call compiled; no step median, no speed-up, valid JSON."""
+    out = tmp_path / "compiled.json"
+    assert main(["compile", "regression", "--backend", "eager", "--steps", "1", "--json", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "no steady-state step median: its one step compiled (raise --steps)" in line
+    assert "nan" not in line.lower() and line.count("\n") == 0
+    (record,) = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert record["step_median_s"] is None and record["speedup"] is None and record["break_even_steps"] is None
+
+
 def test_compile_command_writes_records_and_skips_an_unavailable_device(tmp_path, capsys):
     """``torchloops compile`` (dynamo's eager backend: seconds, not inductor's minutes)."""
     out = tmp_path / "compiled.json"

@@ -23,7 +23,7 @@ import torch
 import workloads as W
 from workloads import benchmarking as B
 from workloads import checkpoint as C
-from workloads import console, launcher
+from workloads import launcher, outputs
 from workloads.cli import main
 
 from conftest import STYLES, default_sigint
@@ -98,9 +98,9 @@ def test_interrupted_json_write_leaves_the_previous_file(tmp_path, monkeypatch):
         handle.flush()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(console.json, "dump", half_then_interrupt)
+    monkeypatch.setattr(outputs.json, "dump", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        console.write_json_atomic(str(path), [{"new": 1}])
+        outputs.write_json(str(path), [{"new": 1}])
     assert json.loads(path.read_text()) == PREVIOUS
     assert _tmp_files(tmp_path) == []
 
@@ -263,12 +263,12 @@ def test_two_processes_write_the_same_file(tmp_path):
 
 def test_many_writers_and_a_reader_never_see_a_partial_file(tmp_path):
     out = tmp_path / "r.json"
-    console.write_json_atomic(str(out), {"writer": -1, "rows": []})
+    outputs.write_json(str(out), {"writer": -1, "rows": []})
     stop, seen, errors = threading.Event(), set(), []
 
     def writer(n):
         for i in range(40):
-            console.write_json_atomic(str(out), {"writer": n, "rows": list(range(2000 + i))})
+            outputs.write_json(str(out), {"writer": n, "rows": list(range(2000 + i))})
 
     def reader():
         while not stop.is_set():
@@ -317,7 +317,7 @@ def test_environment_oddities_are_one_line_exit_2(tmp_path, capsys, monkeypatch)
     def refused(**_kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(console.tempfile, "mkdtemp", refused)  # a folder that refuses new entries
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", refused)  # a folder that refuses new entries
     assert main(["run", "regression", "--json", str(tmp_path / "out.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not writable (Permission denied)" in err
@@ -328,7 +328,7 @@ def test_unwritable_folder_at_write_time_is_one_line(tmp_path, capsys, monkeypat
     def refuse(*a, **kw):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(console.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", refuse)
     assert main(["run", "regression", "--style", "raw", "--steps", "2", "--quiet",
                  "--json", str(tmp_path / "out.json")]) == 2
     err = capsys.readouterr().err

@@ -22,7 +22,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from .console import atomic_file
+from .outputs import output_file
 from .registry import UsageError, Workload, get_workload
 
 FORMAT = "torchloops-checkpoint"
@@ -63,7 +63,7 @@ def save(path: str, workload: str, parameters: Dict[str, torch.Tensor],
         raise CheckpointError(f"checkpoint path {path!r} is a directory; give a file path")
     if not os.path.isdir(folder):
         raise CheckpointError(f"checkpoint path {path!r}: folder {folder!r} does not exist")
-    with atomic_file(path, ".pt", mode="wb", error=CheckpointError) as handle:
+    with output_file(path, binary=True, suffix=".pt", error=CheckpointError) as handle:
         torch.save(payload, handle)
 
 

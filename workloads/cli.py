@@ -4,7 +4,8 @@ Every command is a module of :mod:`workloads.commands` (``list``, ``run``, ``com
 ``converge``, ``compile``, ``diff``, ``profile``, ``count``); this module adds each one's
 sub-parser, dispatches to it, and turns what it raises into one line and an exit status:
 bad input ends with one line on stderr naming what is valid and exit status 2, before
-anything runs or is written; SIGINT and SIGTERM end a command with 130 and 143, every
+anything runs or is written; ``--json -`` writes the JSON to standard output and everything
+else printed to standard error; SIGINT and SIGTERM end a command with 130 and 143, every
 file written before it unchanged.
 """
 
@@ -17,11 +18,12 @@ import sys
 from typing import Optional, Sequence
 
 from . import UsageError, commands, distributed
-from .console import PROG
+from .console import PROG, ArgumentParser
 from .graphs import CaptureUnsafe
+from .outputs import STANDARD_OUTPUT, json_to_standard_output
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
         raise UsageError(message)
 
@@ -56,7 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     restore = _on_sigterm()
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
+        with json_to_standard_output(getattr(args, "json", None) == STANDARD_OUTPUT):
+            return args.handler(args)
     except UsageError as error:
         print(f"{_who()}: error: {_one_line(error)}", file=sys.stderr)
         return 2

@@ -11,7 +11,8 @@ from the steady-state step time:
 * ``compile_s``: the wall time of every call that met a batch shape for the first time
   (the first call traces and compiles; a short last batch recompiles), step included;
 * ``step_median_s``: the median of all the other calls, against the eager ``module``
-  step's median over the same batches, in the same process;
+  step's median over the same batches, in the same process (None, and ``speedup`` None, when
+  every call met a new batch shape: there is no steady state, e.g. ``--steps 1``);
 * ``break_even_steps``: how many steps the compile time takes to pay back (None when
   the compiled step is not faster: it never does).
 
@@ -93,8 +94,8 @@ def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "indu
     finally:
         torch.set_num_threads(previous)
     eager = statistics.median(records["eager"]["times"])
-    compiled = statistics.median(records["compiled"]["times"]) if records["compiled"]["times"] else float("nan")
-    gain = eager - compiled
+    compiled = statistics.median(records["compiled"]["times"]) if records["compiled"]["times"] else None
+    gain = eager - compiled if compiled is not None else 0.0
     rel = max(abs(a - b) / abs(b) for a, b in zip(records["compiled"]["losses"], records["eager"]["losses"]) if b)
     return {
         "workload": workload,
@@ -108,7 +109,7 @@ def measure(workload: str, steps: int = 300, seed: int = 0, backend: str = "indu
         "compile_s": records["compiled"]["compile_s"],
         "step_median_s": compiled,
         "eager_step_median_s": eager,
-        "speedup": eager / compiled,
+        "speedup": eager / compiled if compiled is not None else None,
         "break_even_steps": (records["compiled"]["compile_s"] / gain) if gain > 0 else None,
         "max_rel_loss_diff": rel,
     }

@@ -1,5 +1,5 @@
-"""What every command shares: argument types, the table formatter, progress bars, output
-paths checked before any work, and atomic JSON files.
+"""What every command shares: the argument parser and argument types, the table formatter and
+progress bars.  Output files, and the checks of their paths, are in :mod:`workloads.outputs`.
 
 The commands (:mod:`workloads.commands`) and ``scripts/gpu_check.py`` print every table
 with :func:`format_table`; nothing here knows a workload, and nothing here imports the
@@ -9,17 +9,28 @@ runner or a command.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
+import re
 import sys
-import tempfile
 from typing import List, Optional, Sequence
 
 from . import validation
-from .registry import UsageError
 
 PROG = "torchloops"  # the command's name in its messages
+
+# Every negative number float() reads: argparse's own pattern (-1, -0.5) misses -1e-9 and -inf,
+# and takes them for options ("expected one argument") before any rule has seen them.
+NEGATIVE_NUMBER = re.compile(r"-(?:(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:e[-+]?\d[\d_]*)?|inf(?:inity)?|nan)\Z",
+                             re.IGNORECASE)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, reading every negative number as an option's value, so that its rule (its
+    ``type``) names what is valid.  (argparse has no public setting for this: the pattern is
+    the attribute its own ``__init__`` sets, read each time an argument is classified.)"""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
 
 def _argument_type(parse, rule, doc: str):
@@ -125,80 +136,3 @@ def progress_bar(quiet: bool, label: str, total: Optional[int] = None, unit: str
     from tqdm import tqdm
 
     return tqdm(desc=label, total=total, unit=unit, delay=2.0, leave=False, file=sys.stderr)
-
-
-def check_json_path(path: str, option: str = "--json") -> None:
-    """Fail before any work if ``path`` cannot be written."""
-    if not path or "\0" in path:
-        raise UsageError(f"{option} {path!r} is not a usable file path")
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"{option} {path!r} is a directory; give a file path")
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"{option} {path!r}: {folder!r} is a file, not a folder")
-    if not os.path.isdir(folder):
-        raise UsageError(f"{option} {path!r}: folder {folder!r} does not exist")
-    _probe(folder, f"{option} {path!r}: folder {folder!r} is not writable")
-
-
-def _probe(folder: str, message: str) -> None:
-    """Create and remove a folder in ``folder``: a real probe, where ``os.access`` says yes to
-    root even when the filesystem refuses (/proc)."""
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".torchloops-probe-", dir=folder))
-    except OSError as error:
-        raise UsageError(f"{message} ({error.strerror})") from None
-
-
-def check_out_dir(path: str, option: str = "--out") -> None:
-    """Fail before any work if the folder ``path`` cannot be created (or used) there."""
-    if not path or "\0" in path:
-        raise UsageError(f"{option} {path!r} is not a usable folder path")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{option} {path!r} exists and is not a directory")
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"{option} {path!r}: {existing!r} is not a directory")
-    _probe(existing, f"{option} {path!r}: cannot create folders in {existing!r}")
-
-
-@contextlib.contextmanager
-def atomic_file(path: str, suffix: str, mode: str = "w", error=UsageError):
-    """A file handle on a temporary file beside ``path``, renamed onto it on success.
-
-    Interrupted at any point (an exception, SIGINT, SIGTERM through the CLI's handler),
-    the previous ``path`` is untouched and the temporary file is removed.  Concurrent
-    writers to one path: each rename is atomic, the last one wins, never a mixture.
-    A file system error is ``error`` (one line, a :class:`UsageError` by default).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=suffix + ".tmp", dir=folder)
-    except OSError as why:
-        raise error(f"cannot write {path!r}: {why.strerror or why}") from None
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a results file wants
-        os.replace(tmp, path)
-    except OSError as why:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise error(f"cannot write {path!r}: {why.strerror or why}") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str, payload) -> None:
-    """``payload`` as JSON at ``path``, never half-written (see :func:`atomic_file`)."""
-    with atomic_file(path, ".json") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.write("\n")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import List
 
-from .console import atomic_file
+from .outputs import output_file
 
 # matplotlib's tab10 without its grey (the peers' colour): nine styles before a colour repeats
 STYLE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
@@ -25,8 +25,9 @@ PEER_MARKERS = ["s", "^", "D", "v"]
 
 
 def _save_atomic(fig, path: str) -> None:
-    """Render beside ``path``, then rename: a killed run leaves the previous plot."""
-    with atomic_file(path, ".png", mode="wb") as handle:
+    """Render through the output writer: beside ``path``, then renamed (a killed run leaves the
+    previous plot), or in place for a pipe or a device."""
+    with output_file(path, binary=True, suffix=".png") as handle:
         fig.savefig(handle, dpi=90, format="png")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -33,6 +34,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from .flops import count_step_flops
+from .outputs import output_file
 from .registry import UsageError
 
 STEP_LABEL = "torchloops.step"  # record_function around each profiled step (visible in the trace)
@@ -109,20 +111,14 @@ def aten_table(events, steps: int, wall_s: float) -> Tuple[List[OpTime], float, 
 
 
 def _export_trace(prof, path: str) -> None:
-    """``prof.export_chrome_trace`` to a temporary file beside ``path``, renamed onto it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    # torch gzips a trace whose file name ends in .gz: keep that ending on the temporary file
-    suffix = ".trace.tmp" + (".gz" if path.endswith(".gz") else "")
-    fd, tmp = tempfile.mkstemp(prefix=".torchloops-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``prof.export_chrome_trace`` into a scratch folder, then copied to ``path`` by the output writer."""
+    # torch gzips a trace whose file name ends in .gz: keep that ending on the scratch file
+    name = "trace.json" + (".gz" if path.endswith(".gz") else "")
+    with tempfile.TemporaryDirectory(prefix="torchloops-trace-") as scratch:
+        exported = os.path.join(scratch, name)
+        prof.export_chrome_trace(exported)
+        with open(exported, "rb") as source, output_file(path, binary=True, suffix=".trace") as target:
+            shutil.copyfileobj(source, target)
 
 
 def profile(workload: str, style: str = "module", *, steps: int = 50, warmup: int = 10, seed: int = 0,

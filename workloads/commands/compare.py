@@ -12,9 +12,9 @@ from typing import List
 
 from .. import PLACEMENTS, WORKLOADS, UsageError
 from ..compare import PEER_FITS, compare
-from ..console import (check_out_dir, format_table, positive_int, ratio_cell, seconds, seconds_interval,
-                       write_json_atomic)
+from ..console import format_table, positive_int, ratio_cell, seconds, seconds_interval
 from ..console import seed as seed_type
+from ..outputs import check_out_dir, write_json
 from ..plots import make_plots
 from ..runner import BLOCK_STEPS, BLOCK_WARMUP_STEPS
 
@@ -61,7 +61,7 @@ def main(args) -> int:
     document = {"options": options, **measured}
     os.makedirs(args.out, exist_ok=True)
     results = os.path.join(args.out, "results.json")
-    write_json_atomic(results, document)
+    write_json(results, document)
     paths = make_plots(document, args.out)
     print(f"wrote {results}, " + ", ".join(paths) + f" ({document['wall_s']:.1f} s)")
     return 1 if any(r.get("diverged") for r in document["records"]) else 0

@@ -9,8 +9,9 @@ options are the scaling benchmarks' (one at a time).  The measurement is
 from __future__ import annotations
 
 from .. import WORKLOADS, Unavailable, UsageError
-from ..console import check_json_path, positive_int, write_json_atomic
+from ..console import positive_int
 from ..console import seed as seed_type
+from ..outputs import check_output_path, write_json
 
 MODES = ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
@@ -29,7 +30,7 @@ def add_parser(subparsers):
     size.add_argument("--rows", type=positive_int, help="training rows (the scaling benchmarks' tiling)")
     size.add_argument("--batch-size", type=positive_int)
     size.add_argument("--hidden", type=positive_int, help="hidden width (classification, mlp_sgd, mlp_adam)")
-    c.add_argument("--json", metavar="PATH", help="write the list of records here")
+    c.add_argument("--json", metavar="PATH", help="write the list of records here (-: standard output)")
     return c
 
 
@@ -49,7 +50,7 @@ def main(args) -> int:
         records.append(record)
         print(describe(record), flush=True)
     if args.json:
-        write_json_atomic(args.json, records)
+        write_json(args.json, records)
     return 0
 
 
@@ -59,7 +60,7 @@ def _check(args) -> list:
     for name in names:
         WORKLOADS.get(name)  # an unknown name: one line listing the valid ones
     if args.json is not None:
-        check_json_path(args.json)
+        check_output_path(args.json, standard_output=True)
     import torch._dynamo
 
     if args.backend not in torch._dynamo.list_backends(exclude_tags=()):
@@ -76,9 +77,21 @@ def _check(args) -> list:
 
 def describe(r: dict) -> str:
     """One record as the command's line."""
+    if r["step_median_s"] is None:
+        return _no_steady_state(r)
     pays = (f"pays back after {r['break_even_steps']:,.0f} steps" if r["break_even_steps"] is not None
             else "never pays off (the compiled step is not faster)")
     scale = "".join(f" {k}={v}" for k, v in r.get("scale", {}).items())
     return (f"{r['workload']}{scale}: compile {r['compile_s']:.1f} s ({r['backend']}); step median "
             f"{r['step_median_s'] * 1e6:.0f} us compiled vs {r['eager_step_median_s'] * 1e6:.0f} us eager "
             f"({r['speedup']:.2f}x); {pays}; max relative loss difference {r['max_rel_loss_diff']:.1e}")
+
+
+def _no_steady_state(r: dict) -> str:
+    """The line of a record whose every compiled call compiled: no steady-state step to compare."""
+    scale = "".join(f" {k}={v}" for k, v in r.get("scale", {}).items())
+    why = ("its one step compiled" if r["steps"] == 1
+           else f"each of its {r['steps']} steps met a new batch shape and compiled")
+    return (f"{r['workload']}{scale}: compile {r['compile_s']:.1f} s ({r['backend']}); no steady-state step "
+            f"median: {why} (raise --steps); eager step median {r['eager_step_median_s'] * 1e6:.0f} us; "
+            f"max relative loss difference {r['max_rel_loss_diff']:.1e}")

@@ -12,9 +12,10 @@ import time
 from typing import List
 
 from .. import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, configure
-from ..console import PROG, check_json_path, format_table, positive_float, positive_int, seconds, write_json_atomic
+from ..console import PROG, format_table, positive_float, positive_int, seconds
 from ..console import seed as seed_type
 from ..compare import machine, versions
+from ..outputs import check_output_path, write_json
 from ..convergence import check_cap, check_consistency, converge_runs, summarise
 from ..data import MAX_SEED
 from ..references import load_reference, reference_path
@@ -41,7 +42,7 @@ def add_parser(subparsers):
 
 def main(args) -> int:
     if args.json:
-        check_json_path(args.json)
+        check_output_path(args.json, standard_output=True)
     reference, steps = _reference(args)
     seeds = list(range(args.seed, args.seed + args.seeds))
     if seeds[-1] > MAX_SEED:
@@ -63,7 +64,7 @@ def main(args) -> int:
     summary = summarise(runs)
     print(_summary_line(summary) + f" ({wall:.1f} s)")
     if args.json:
-        write_json_atomic(args.json, _distribution(args, config, seeds, wall, summary, runs))
+        write_json(args.json, _distribution(args, config, seeds, wall, summary, runs))
     if reference is not None:
         return _check(args.workload, reference, runs)
     return 0

@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from .. import STYLES, WORKLOADS
-from ..console import check_json_path, format_table, non_negative_int, positive_int, write_json_atomic
+from ..console import format_table, non_negative_int, positive_int
+from ..outputs import check_output_path, write_json
 from ..console import seed as seed_type
 
 EPILOG = """\
@@ -48,7 +49,7 @@ def add_parser(subparsers):
     c.add_argument("--warmup", type=non_negative_int, default=None,
                    help=f"uncounted steps before the counted ones (default {DEFAULT_WARMUP}; {_heavy(1)})")
     c.add_argument("--seed", type=seed_type, default=0)
-    c.add_argument("--json", metavar="PATH", help="write the list of count records here")
+    c.add_argument("--json", metavar="PATH", help="write the list of count records here (-: standard output)")
     c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return c
 
@@ -57,7 +58,7 @@ def main(args) -> int:
     from .. import counting
 
     if args.json:
-        check_json_path(args.json)
+        check_output_path(args.json, standard_output=True)
     planned = counting.configs(args.workload, args.style, args.seed, steps=args.steps, warmup=args.warmup)
     problem = counting.valgrind_problem()
     if problem is not None:
@@ -82,5 +83,5 @@ def main(args) -> int:
     rows = [[r["workload"], r["style"], str(r["steps"]), f"{r['instructions_per_step']:,.0f}"] for r in records]
     print(format_table(("workload", "style", "counted steps", "instructions/step"), rows))
     if args.json:
-        write_json_atomic(args.json, records)
+        write_json(args.json, records)
     return 0

@@ -9,8 +9,9 @@ See :mod:`workloads.profiling` and docs/profile.md.
 
 from __future__ import annotations
 
-from ..console import check_json_path, format_table, non_negative_int, positive_int, seconds
+from ..console import format_table, non_negative_int, positive_int, seconds
 from ..console import seed as seed_type
+from ..outputs import check_output_path
 
 DEFAULT_STEPS = 50
 DEFAULT_WARMUP = 10
@@ -82,7 +83,7 @@ def main(args) -> int:
         print(f"{workload}/{args.style} on {args.device}: skipped: {_skip_reason(args.device)}")
         return 0
     if args.trace is not None:
-        check_json_path(args.trace, "--trace")
+        check_output_path(args.trace, "--trace")
     result = profile(workload, args.style, steps=args.steps, warmup=args.warmup, seed=args.seed,
                      threads=args.threads, trace=args.trace)
     print(report(result, args.top))

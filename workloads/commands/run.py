@@ -20,11 +20,12 @@ import tempfile
 from typing import List
 
 from .. import PLACEMENTS, STYLES, WORKLOADS, Unavailable, UsageError, checkpoint, configure, distributed, launcher
-from ..console import (PROG, check_json_path, comparison_cell, format_table, non_negative_float, positive_float,
-                       positive_int, progress_bar, progress_trackers, seconds, seconds_interval, write_json_atomic)
+from ..console import (PROG, comparison_cell, format_table, non_negative_float, positive_float, positive_int,
+                       progress_bar, progress_trackers, seconds, seconds_interval)
 from ..console import seed as seed_type
 from ..interleave import run_interleaved
 from ..runner import BLOCK_STEPS, BLOCK_WARMUP_STEPS
+from ..outputs import check_output_path, replaced_atomically, write_json
 
 HEADERS = ("workload", "style", "device", "steps", "train loss", "test loss", "metric", "target",
            "to target", "time to target [95 % CI]", "step time [95 % CI]", "vs reference", "train time", "notes")
@@ -65,7 +66,8 @@ def add_parser(subparsers):
     r.add_argument("--backend", choices=distributed.BACKENDS,
                    help="with --device ddp: the process group's backend (gloo: CPU ranks; nccl: one GPU per "
                    "rank; default nccl when CUDA is visible, else gloo)")
-    r.add_argument("--json", metavar="PATH", help="write the list of result records here")
+    r.add_argument("--json", metavar="PATH", help="write the list of result records here (-: standard output, "
+                   "the table then on standard error)")
     r.add_argument("--step-losses", action="store_true",
                    help="keep every step's training loss (of the global batch) in the JSON records")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -100,13 +102,13 @@ def main(args) -> int:
 def _check_arguments(args) -> None:
     """--json and --save: writable, and --save only where it keeps one model."""
     if args.json is not None:
-        check_json_path(args.json)
+        check_output_path(args.json, standard_output=True)
     if args.save is not None:
         if args.workload == "all" or args.style == "all" or "," in args.style:
             raise UsageError("--save keeps one model: name one workload and one --style")
         if args.device == "ddp":
             raise UsageError("--save applies to single-process runs, not --device ddp")
-        check_json_path(args.save, "--save")
+        check_output_path(args.save, "--save")
         if args.nproc is not None:
             raise UsageError("--save applies to single-process runs, not --nproc")
 
@@ -167,9 +169,9 @@ def _rank_argv(args, json_path: str) -> List[str]:
 
 def _launch_ranks(args) -> int:
     """Start the ranks with torchrun --standalone; report every failed rank in one line."""
-    if args.json:
+    if args.json and replaced_atomically(args.json):
         json_path, scratch = os.path.abspath(args.json), None
-    else:  # rank 0 hands its records back through a scratch file (to see divergence)
+    else:  # rank 0 hands its records back through a scratch file (to see divergence); `-`, a pipe: written here
         fd, scratch = tempfile.mkstemp(prefix="torchloops-ddp-", suffix=".json")
         os.close(fd)
         json_path = scratch
@@ -185,6 +187,8 @@ def _launch_ranks(args) -> int:
     finally:
         if scratch is not None and os.path.exists(scratch):
             os.unlink(scratch)
+    if scratch is not None and args.json:
+        write_json(args.json, records)
     return _diverged_status(records)
 
 
@@ -222,7 +226,7 @@ def _run_planned(args, planned, rank_mode: bool) -> int:
     print(format_table(HEADERS, rows), flush=True)
     print(FOOTNOTE, flush=True)
     if args.json:
-        write_json_atomic(args.json, records)
+        write_json(args.json, records)
     if rank_mode and launcher.launched_by_torchloops():
         return 0  # the launching process reads the records and reports divergence
     return _diverged_status(records)

@@ -11,16 +11,15 @@ samples reuse the compiled step (each sample trains it one step further, which d
 change a step's cost); ``setup`` does not rebuild it as the eager benchmarks do.
 """
 
-from workloads.compiled import CompiledStep
 
-from .common import WORKLOADS, Benchmark
+from .common import WORKLOADS, Benchmark, engine_module
 
 _COMPILED = {}  # workload -> CompiledStep, per benchmark process
 
 
-def compiled_step(workload: str) -> CompiledStep:
+def compiled_step(workload: str):
     if workload not in _COMPILED:
-        _COMPILED[workload] = CompiledStep(workload)
+        _COMPILED[workload] = engine_module("compiled").CompiledStep(workload)
     return _COMPILED[workload]
 
 

@@ -7,9 +7,8 @@ repeated (what scales is the cost, not the task); an epoch here is one pass over
 the rows.
 """
 
-from workloads import benchmarking
 
-from .common import Benchmark, skip_unavailable
+from .common import Benchmark, benchmarking, skip_unavailable
 
 WORKLOADS = benchmarking.scaling_workloads()
 

@@ -17,9 +17,8 @@ bump one only when the meaning of its numbers changes.
 
 import math
 
-from workloads import benchmarking
 
-from .common import GRID, GRID_NAMES, Benchmark, skip_unavailable
+from .common import GRID, GRID_NAMES, Benchmark, benchmarking, engine_module, skip_unavailable
 
 
 class Training(Benchmark):
@@ -160,7 +159,7 @@ class InstructionCounts(Benchmark):
     timeout = 1800.0
 
     def setup_cache(self):
-        from workloads import counting
+        counting = engine_module("counting")
 
         problem = counting.valgrind_problem()
         if problem is not None:

@@ -8,23 +8,26 @@ Parts (each prints its table; ``--json`` writes every figure):
   style of every workload interleaved, to its target), then every CPU workload x style trained
   alone, each in a fresh process of its own: the configuration built and warmed up
   (``benchmarking.Prepared``), then its steps to target timed as one block (a tight loop of
-  ``Prepared.step``, one clock read before and one after), and ``torch.utils.benchmark.Timer``'s
-  ``blocked_autorange`` of the same step as a second, independent figure.  Reported per
+  ``Prepared.step``, one clock read before and one after; the garbage collector's own seconds in
+  it measured apart with ``gc.callbacks``, as the suite and Timer leave them out), and
+  ``torch.utils.benchmark.Timer``'s ``blocked_autorange`` of the same step as a second,
+  independent figure.  Reported per
   configuration: the suite's step time and time to target (median over the compare runs) against
   the alone medians; the suite's paired fused/module ratio against the alone ratio; and the
   spread of time to target over the compare runs (each run's distance from their median).
   Targets (issue "Times that match a style run alone"): time to target within +-10 % of alone,
   every fused/module ratio within +-10 % of the alone ratio, every compare run within +-10 % of
   the compare runs' median.
-* ``harness``: in one process, a :class:`workloads.runner.Session`'s timed blocks against
+* ``harness``: in one process, a :class:`torchloops.measurement.runner.Session`'s timed blocks against
   ``Timer.timeit`` of a prepared step of the same configuration, alternated block by block
-  (``--blocks`` pairs): what the session does between steps, as a share of the step.  The
+  (``--blocks`` pairs, the order alternating): what the session does between steps, as a share of the step.  The
   fastest style of each workload (``fused``).  Target: <= 2 %.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -41,12 +44,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.benchmark import Timer  # noqa: E402
 
-import workloads as W  # noqa: E402
-from workloads import benchmarking, cli  # noqa: E402
-from workloads.console import format_table, positive_int  # noqa: E402
-from workloads.outputs import check_output_path, write_json  # noqa: E402
-from workloads.references import typical_seed  # noqa: E402
-from workloads.runner import BLOCK_STEPS, Session, configure, process_settings  # noqa: E402
+import torchloops as W  # noqa: E402
+from torchloops.measurement import benchmarking  # noqa: E402
+from torchloops import cli  # noqa: E402
+from torchloops.support.console import format_table, positive_int  # noqa: E402
+from torchloops.support.outputs import check_output_path, write_json  # noqa: E402
+from torchloops.support.references import typical_seed  # noqa: E402
+from torchloops.measurement.runner import BLOCK_STEPS, BLOCK_WARMUP_STEPS, Session, configure, process_settings  # noqa: E402
 
 PARTS = ("alone", "harness")
 TOLERANCE = 0.10  # the issue's +-10 % targets
@@ -69,19 +73,42 @@ def _cpu_styles(workload: str) -> list:
 # ---------------------------------------------------------------------------------------------
 # one configuration alone (the child process)
 
+class _CollectorClock:
+    """The seconds Python's garbage collector ran while installed (``gc.callbacks``)."""
+
+    def __init__(self):
+        self.seconds, self._start = 0.0, None
+
+    def __call__(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+
+    def __enter__(self):
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc):
+        gc.callbacks.remove(self)
+
+
 def alone(workload: str, style: str, steps: int) -> dict:
-    """``steps`` consecutive steps of a prepared run, timed as one block; and Timer's median."""
+    """``steps`` consecutive steps of a prepared run, timed as one block (the garbage collector's
+    share measured apart); and Timer's median."""
     config = configure(workload, style, "cpu", typical_seed(workload), threads=benchmarking.THREADS, steps=steps)
     with process_settings(config):
         prepared = benchmarking.Prepared(config).warm_up(benchmarking.WARMUP_STEPS)
         prepared.sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            prepared.step()
-        total = time.perf_counter() - start
+        with _CollectorClock() as collector:
+            start = time.perf_counter()
+            for _ in range(steps):
+                prepared.step()
+            total = time.perf_counter() - start
         timer = Timer("p.step()", globals={"p": prepared}, num_threads=config.threads)
         measurement = timer.blocked_autorange(min_run_time=TIMER_MIN_RUN_S)
-    return {"steps": steps, "total_s": total, "per_step_s": total / steps, "timer_median_s": measurement.median}
+    return {"steps": steps, "total_s": total, "gc_s": collector.seconds, "per_step_s": (total - collector.seconds) / steps,
+            "timer_median_s": measurement.median}
 
 
 def _alone_in_child(workload: str, style: str, steps: int) -> dict:
@@ -96,7 +123,7 @@ def _alone_in_child(workload: str, style: str, steps: int) -> dict:
 def compare_once(workloads: list) -> dict:
     """The records of one ``torchloops compare`` (a fresh process), by (workload, style)."""
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "-m", "workloads", "compare", *workloads, "--quiet", "--out", out],
+        subprocess.run([sys.executable, "-m", "torchloops", "compare", *workloads, "--quiet", "--out", out],
                        check=True, stdout=subprocess.DEVNULL)
         document = json.loads(Path(out, "results.json").read_text())
     return {(r["workload"], r["style"]): r for r in document["records"]
@@ -131,14 +158,14 @@ def _suite_fields(record: dict) -> dict:
 def _alone_row(workload: str, style: str, records: list, runs: list) -> dict:
     suite_ttt = statistics.median(r["time_to_target_s"] for r in records)
     suite_step = statistics.median(r["step_time_median_s"] for r in records)
-    alone_ttt = statistics.median(r["total_s"] for r in runs)
+    alone_ttt = statistics.median(r["total_s"] - r["gc_s"] for r in runs)  # the collector apart, as in the suite
     spread = max(abs(r["time_to_target_s"] / suite_ttt - 1) for r in records)
     return {
         "workload": workload, "style": style, "steps_to_target": records[0]["steps_to_target"],
         "suite_step_s": suite_step, "alone_step_s": statistics.median(r["per_step_s"] for r in runs),
         "timer_step_s": statistics.median(r["timer_median_s"] for r in runs),
         "suite_ttt_s": suite_ttt, "alone_ttt_s": alone_ttt,
-        "alone_ttt_range_s": [min(r["total_s"] for r in runs), max(r["total_s"] for r in runs)],
+        "alone_ttt_with_gc_s": statistics.median(r["total_s"] for r in runs),
         "suite_sum_ttt_s": statistics.median(r["time_to_target_sum_s"] for r in records),
         "ttt_vs_alone": suite_ttt / alone_ttt, "compare_spread": spread,
     }
@@ -159,10 +186,11 @@ def print_alone(result: dict) -> None:
     cells = [[r["workload"], r["style"], str(r["steps_to_target"]), _us(r["suite_step_s"]), _us(r["alone_step_s"]),
               _us(r["timer_step_s"]), _ms(r["suite_ttt_s"]), _ms(r["alone_ttt_s"]), f"{r['ttt_vs_alone']:.3f}",
               mark(abs(r["ttt_vs_alone"] - 1) <= TOLERANCE), f"{100 * r['compare_spread']:.1f} %",
-              mark(r["compare_spread"] <= TOLERANCE), _ms(r["suite_sum_ttt_s"])]
+              mark(r["compare_spread"] <= TOLERANCE), _ms(r["alone_ttt_with_gc_s"]), _ms(r["suite_sum_ttt_s"])]
              for r in result["rows"]]
     print(format_table(("workload", "style", "steps", "suite step", "alone step", "Timer step", "suite TTT",
-                        "alone TTT", "suite/alone", "±10 %", "compare spread", "±10 %", "old sum TTT"), cells))
+                        "alone TTT", "suite/alone", "±10 %", "compare spread", "±10 %", "alone TTT with GC",
+                        "old sum TTT"), cells))
     cells = [[r["workload"], f"{r['suite_ratio']:.3f}", f"{r['alone_ratio']:.3f}", f"{r['suite_over_alone']:.3f}",
               mark(abs(r["suite_over_alone"] - 1) <= TOLERANCE)] for r in result["ratios"]]
     print(format_table(("workload", "fused/module suite (paired)", "alone", "suite/alone", "±10 %"), cells))
@@ -175,17 +203,22 @@ def harness(workload: str, style: str, blocks: int) -> dict:
     """A session's block means against ``Timer.timeit`` of a prepared step, alternated."""
     seed = typical_seed(workload)
     config = configure(workload, style, "cpu", seed, threads=benchmarking.THREADS)
+    needed = blocks * 2 * (BLOCK_WARMUP_STEPS + BLOCK_STEPS)  # room for every block and its cold steps
+    config = configure(workload, style, "cpu", seed, threads=config.threads,
+                       epochs=max(config.epochs, -(-needed // config.steps_per_epoch)))
     with process_settings(config):
         session = Session(config)
         prepared = benchmarking.Prepared(configure(workload, style, "cpu", seed, threads=config.threads))
         prepared.warm_up(benchmarking.WARMUP_STEPS)
         timer = Timer("p.step()", globals={"p": prepared}, num_threads=config.threads)
         pairs = []
-        for _ in range(blocks):
-            session.advance(BLOCK_STEPS)
-            if session.finished:
+        for index in range(blocks):  # the order alternates: neither side always follows the other
+            if index % 2:
+                timed = timer.timeit(BLOCK_STEPS).median
+            if session.advance(BLOCK_STEPS) < BLOCK_STEPS or session.finished:
                 break
-            timed = timer.timeit(BLOCK_STEPS).median
+            if not index % 2:
+                timed = timer.timeit(BLOCK_STEPS).median
             pairs.append((session.block_times[-1], timed))
     ratios = [a / b for a, b in pairs]
     return {"workload": workload, "style": style, "pairs": len(pairs),
@@ -214,7 +247,7 @@ def _arguments(argv):
     parser = cli._Parser(prog="alone_check.py", description=__doc__.split("\n\n")[0])  # errors: UsageError
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--rounds", type=positive_int, default=5, help="compare runs and alone runs (default 5)")
-    parser.add_argument("--blocks", type=positive_int, default=60, help="harness: block pairs (default 60)")
+    parser.add_argument("--blocks", type=positive_int, default=200, help="harness: block pairs (default 200)")
     parser.add_argument("--workloads", default=",".join(W.workload_names()), help="comma-separated (default all)")
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "STYLE", "STEPS"), help=argparse.SUPPRESS)

@@ -27,7 +27,7 @@ The plan.  For each run the table gives the steps trained, the step at which the
 was reached, the time to target (timed steps only), the median step time and the peak GPU
 memory (``torch.cuda.max_memory_allocated`` on the first GPU of the placement; ddp: rank
 0's GPU).  Every run uses ``--seed``, by default each workload's typical seed
-(``workloads.references.typical_seed``: seed 0 never reaches mlp_sgd's target).
+(``torchloops.support.references.typical_seed``: seed 0 never reaches mlp_sgd's target).
 Applicability is workload x style x placement (``configure``): mlp_sgd's as_written loop has
 no nn.Module, so dataparallel is a "skipped" row for it.
 
@@ -59,7 +59,7 @@ table, JSON and exit status, on the CPU: versions sets the flags without a devic
 child computes on the CPU, tests only collects, deterministic runs ``--device cpu`` and
 ddp1 gloo, 4 steps each; every run of the plan trains with the ``cpu`` placement
 (``cuda_graph``'s with the CPU model of capture and replay,
-``workloads.graphs.TracedGraphs``; ``dataparallel``'s with the model wrapped in
+``torchloops.execution.graphs.TracedGraphs``; ``dataparallel``'s with the model wrapped in
 ``nn.DataParallel``, a pass-through without CUDA, so a trainer that cannot be wrapped
 fails here too), each capped at ``--steps`` (default 4), so it tests the script's own logic;
 ddp (only with ``--ddp-nproc N``) uses gloo.  Capped at 4 steps no run reaches its target,
@@ -100,10 +100,10 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import workloads as W  # noqa: E402
-from workloads.console import ArgumentParser, format_table, seconds  # noqa: E402
-from workloads.outputs import STANDARD_OUTPUT, check_output_path, json_to_standard_output, write_json  # noqa: E402
-from workloads.references import typical_seed  # noqa: E402
+import torchloops as W  # noqa: E402
+from torchloops.support.console import ArgumentParser, format_table, seconds  # noqa: E402
+from torchloops.support.outputs import STANDARD_OUTPUT, check_output_path, json_to_standard_output, write_json  # noqa: E402
+from torchloops.support.references import typical_seed  # noqa: E402
 
 EXIT_OK, EXIT_MISSED, EXIT_USAGE, EXIT_CRASHED, EXIT_NO_GPU = 0, 1, 2, 3, 4
 PROBE_STEPS = 30
@@ -188,7 +188,7 @@ def parse_args(argv=None):
                         help="time a job may take beyond its share before it is killed (default 120 s; dry run 60 s)")
     parser.add_argument("--seed", type=_non_negative_int,
                         help="every run's seed (default: each workload's typical seed, "
-                             "workloads.references.typical_seed: the reference seed nearest its median)")
+                             "torchloops.support.references.typical_seed: the reference seed nearest its median)")
     parser.add_argument("--placements", default=",".join(SINGLE),
                         help=f"single-process placements to check (default {','.join(SINGLE)})")
     parser.add_argument("--workloads", default="all", help="workloads to check (default all)")
@@ -250,7 +250,7 @@ def _fault(job):
 
 def _traced_graph_placement():
     """The dry run's stand-in for cuda_graph: the CPU with the model of capture and replay."""
-    from workloads.graphs import TracedGraphs
+    from torchloops.execution.graphs import TracedGraphs
 
     return dataclasses.replace(W.PLACEMENTS.get("cpu"), name="cpu_traced_graph", graphs=TracedGraphs)
 
@@ -598,7 +598,7 @@ class Check:
         with tempfile.TemporaryDirectory() as folder:
             out = os.path.join(folder, "ddp.json")
             # the selected styles, as the budget assumed (a ddp launch trains each of them)
-            cmd = [sys.executable, "-m", "workloads", "run", workload, "--style", ",".join(self.args.styles),
+            cmd = [sys.executable, "-m", "torchloops", "run", workload, "--style", ",".join(self.args.styles),
                    "--device", "ddp", "--nproc", str(nproc), "--backend", self.args.ddp_backend, "--seed", str(seed),
                    "--until-target", "--quiet", "--json", out]
             if cap < total:
@@ -638,7 +638,7 @@ class Check:
 
 
 def _flags():
-    from workloads.placements import float32_precision
+    from torchloops.execution.placements import float32_precision
 
     return (f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32} "
             f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} "
@@ -648,8 +648,8 @@ def _flags():
 
 def probe_versions(dry: bool) -> int:
     """Versions, GPUs and the float32 flags before and after a CUDA placement's setup (dry run:
-    :func:`workloads.placements.strict_float32` alone, no device).  Status 1: TF32 still on."""
-    from workloads.placements import float32_precision, strict_float32
+    :func:`torchloops.execution.placements.strict_float32` alone, no device).  Status 1: TF32 still on."""
+    from torchloops.execution.placements import float32_precision, strict_float32
 
     print(f"torch {torch.__version__}; CUDA {torch.version.cuda}; cuDNN {torch.backends.cudnn.version()}; "
           f"NCCL {torch.cuda.nccl.version() if torch.cuda.is_available() else '-'}; "
@@ -707,10 +707,10 @@ def stage_command(name, args, out_dir):
         return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + (["--collect-only"] if dry else []) \
             + STAGE_TESTS
     if name == "deterministic":
-        return [sys.executable, "-m", "workloads", "run", "all", "--style", "all", "--device", "cpu" if dry else "cuda",
+        return [sys.executable, "-m", "torchloops", "run", "all", "--style", "all", "--device", "cpu" if dry else "cuda",
                 "--deterministic", "--steps", steps, "--quiet", "--json", os.path.join(out_dir, "deterministic.json")]
     if name == "ddp1":
-        return [sys.executable, "-m", "workloads", "run", "regression", "--style", "all", "--device", "ddp",
+        return [sys.executable, "-m", "torchloops", "run", "regression", "--style", "all", "--device", "ddp",
                 "--nproc", "1", "--backend", "gloo" if dry else "nccl", "--steps", steps, "--quiet",
                 "--json", os.path.join(out_dir, "ddp1.json")]
     raise ValueError(name)

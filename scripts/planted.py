@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from workloads.styles import STYLES
+from torchloops.execution.styles import STYLES
 
 NAME = "planted"
 ENV = "TORCHLOOPS_PLANTED_OPS"

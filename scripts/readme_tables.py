@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
-from workloads.console import ratio_cell, seconds_interval
+from torchloops.support.console import ratio_cell, seconds_interval
 
 
 def _speedup(found) -> str:

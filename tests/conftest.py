@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-import workloads as W
+import torchloops as W
 
 WORKLOADS = W.workload_names()
 STYLES = W.STYLES.names()
@@ -36,6 +36,25 @@ def workload(request):
     return request.param
 
 
+def applicable_styles(workload: str) -> list:
+    """The styles the workload declares enough for (the others are skips everywhere)."""
+    wl = W.get_workload(workload)
+    return [s for s in STYLES if W.STYLES.get(s).applies_to(wl).ok]
+
+
+class ShortRuns(dict):
+    """``{(workload, style): short_run(...)}``, each run made on first use: a module's tests share
+    them, and a configuration that does not apply raises where it is used (a skip), not for all."""
+
+    def __init__(self, steps: int, **kwargs):
+        super().__init__()
+        self.steps, self.kwargs = steps, kwargs
+
+    def __missing__(self, key):
+        self[key] = run = short_run(*key, self.steps, **self.kwargs)
+        return run
+
+
 def default_sigint() -> None:
     """``preexec_fn`` of a child that a test interrupts: SIGINT back to its default disposition.
 
@@ -54,3 +73,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A configuration that does not apply (a style the workload declares nothing for, a placement
+    it cannot use) is a skip with its reason, in every parametrised test: a new workload is tested
+    by the same parametrisations without a list of exceptions."""
+    try:
+        return (yield)
+    except W.Unavailable as why:
+        pytest.skip(f"not applicable: {why}")

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-import workloads as W
+import torchloops as W
 from conftest import WORKLOADS, needs_placement
-from workloads import lenet, notes_loop
-from workloads.runner import build
+from workloads import lenet
+from torchloops.core import notes_loop
+from torchloops.measurement.runner import build
 
 SECTIONS = {  # the note's section each as-written loop comes from
     "classification": "案例：分类模型",

@@ -88,6 +88,7 @@ def _machine(tmp_path: Path) -> list:
     return ["--machine", "ci"], machine_file
 
 
+@pytest.mark.slow
 def test_asv_record_compare_publish(tmp_path):
     asv, head = _asv(), _head()
     config = _asv_config(tmp_path)
@@ -122,7 +123,7 @@ PLANT = textwrap.dedent(
     import os
     import time
 
-    from workloads import styles
+    from torchloops.execution import styles
 
     FACTOR = float(os.environ["TORCHLOOPS_PLANT_FACTOR"])
     _step = styles.RawTrainer.step
@@ -142,6 +143,7 @@ PLANT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_pytest_benchmark_gate_fails_on_planted_slowdown(tmp_path):
     storage = tmp_path / "benchmarks"
     timed = [sys.executable, "-m", "pytest", GATE_TEST, "-q", "-p", "no:cacheprovider",

@@ -1,6 +1,6 @@
 """pytest-benchmark over the registry: every workload x style x placement.
 
-The bodies are thin: :mod:`workloads.benchmarking` prepares the run exactly as the
+The bodies are thin: :mod:`torchloops.measurement.benchmarking` prepares the run exactly as the
 asv suite does (build on the device untimed, warm up, one step / one epoch ending
 with the device sync).  Results are grouped by workload; ``extra_info`` carries
 what was timed and, for the run to the target, the result record's quality fields.
@@ -20,8 +20,8 @@ import os
 
 import pytest
 
-import workloads
-from workloads import benchmarking as B
+import torchloops
+from torchloops.measurement import benchmarking as B
 
 GRID = B.grid()
 IDS = ["-".join(key) for key in GRID]
@@ -30,13 +30,13 @@ EPOCH_ROUNDS = 5  # epochs timed per configuration (an epoch can take seconds)
 
 
 # TORCHLOOPS_COUNT=1: test_bench_step also records instructions_per_step (valgrind's callgrind,
-# workloads.counting); every cpu configuration is counted once, in one valgrind process
+# torchloops.measurement.counting); every cpu configuration is counted once, in one valgrind process
 # (4-7 minutes on 2 cores), the first time a step benchmark needs it.
 COUNT = os.environ.get("TORCHLOOPS_COUNT") == "1"
 
 
 def _instructions(workload, style) -> dict:
-    from workloads import counting
+    from torchloops.measurement import counting
 
     problem = counting.valgrind_problem()
     if problem is not None:
@@ -49,7 +49,7 @@ def _instructions(workload, style) -> dict:
 def _or_skip(make, *args, **kwargs):
     try:
         return make(*args, **kwargs)
-    except workloads.Unavailable as why:
+    except torchloops.Unavailable as why:
         pytest.skip(str(why))
 
 
@@ -92,7 +92,7 @@ def test_bench_run_to_target(benchmark, workload, style, placement):
     else:
         config = _or_skip(B.target_config, workload, style, placement)
     _describe(benchmark, workload)
-    result = benchmark.pedantic(workloads.run, args=(config,), rounds=1, iterations=1)
+    result = benchmark.pedantic(torchloops.run, args=(config,), rounds=1, iterations=1)
     benchmark.extra_info.update(
         {"workload": workload, "style": style, "device": placement, "threads": config.threads}
     )
@@ -102,13 +102,13 @@ def test_bench_run_to_target(benchmark, workload, style, placement):
         assert result.reached_target, B.quality_fields(result)
 
 
-@pytest.mark.parametrize("workload", workloads.workload_names())
+@pytest.mark.parametrize("workload", torchloops.workload_names())
 def test_bench_compiled_step(benchmark, workload):
     """One step of ``torch.compile`` of the module step (CPU), compiled and warmed up untimed;
     ``extra_info["compile_s"]`` is the compile time.  Timed: inductor (or
     ``TORCHLOOPS_COMPILE_BACKEND``); as a smoke test the ``eager`` backend (dynamo's trace
     without code generation: inductor takes minutes per workload on the 2-core CI machine)."""
-    from workloads.compiled import CompiledStep
+    from torchloops.measurement.compiled import CompiledStep
 
     prepared = CompiledStep(workload, backend="eager" if benchmark.disabled else None)
     benchmark.group = workload

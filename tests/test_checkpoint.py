@@ -1,4 +1,4 @@
-"""Checkpoints (:mod:`workloads.checkpoint`): the notes' step 5, ``state_dict`` save -> load gives
+"""Checkpoints (:mod:`torchloops.measurement.checkpoint`): the notes' step 5, ``state_dict`` save -> load gives
 the same model, loaded with ``weights_only=True``, for every style (``as_written`` included, trained
 with the notes' ``weight_decay=0.0001``); optimizer state; ``--save``; and every checkpoint that
 is not this workload's, or could run code, refused in one line."""
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import workloads as W
+import torchloops as W
 from conftest import STYLES
-from workloads import checkpoint as C
-from workloads.cli import main
+from torchloops.measurement import checkpoint as C
+from torchloops.cli import main
 
 
 @pytest.mark.parametrize("style", STYLES)

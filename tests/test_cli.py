@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import workloads as W
-from workloads.cli import main
+import torchloops as W
+from torchloops.cli import main
 
 BAD_INPUTS = [
     (["run", "nosuch"], "invalid choice"),
@@ -111,7 +111,7 @@ def test_list_names_everything_and_says_why_unavailable(capsys):
 
 def test_console_module_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "workloads", "run", "regression", "--lr", "abc"],
+        [sys.executable, "-m", "torchloops", "run", "regression", "--lr", "abc"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert proc.returncode == 2
@@ -122,7 +122,7 @@ def test_console_module_exits_2_without_traceback(tmp_path):
 
 def test_a_closed_stdout_ends_quietly():
     """``torchloops list | head -1``: the reader goes away; no BrokenPipeError traceback, status 141."""
-    proc = subprocess.Popen([sys.executable, "-m", "workloads", "list"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "torchloops", "list"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # before the child writes: every write meets a closed pipe
     err = proc.stderr.read()

@@ -14,9 +14,11 @@ import os
 import pytest
 import torch
 
-import workloads as W
-from workloads import cli, compare, flops, outputs, peers
-from workloads.references import typical_seed
+import torchloops as W
+from torchloops import cli
+from torchloops.measurement import compare, flops, peers
+from torchloops.support import outputs
+from torchloops.support.references import typical_seed
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,7 +77,7 @@ def test_matmul_throughput_is_measured():
 
 
 def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
-    from workloads import counting
+    from torchloops.measurement import counting
 
     def fake_count(requests, **_kwargs):  # --count's plumbing; the real count is tests/test_count.py's
         return [{"workload": w, "style": s, "seed": seed, "instructions_per_step": 1000.0 + i}
@@ -108,7 +110,7 @@ def test_compare_end_to_end(tmp_path, capsys, monkeypatch):
 
 
 def test_compare_count_without_valgrind_is_one_line(tmp_path, capsys, monkeypatch):
-    from workloads import counting
+    from torchloops.measurement import counting
 
     monkeypatch.setattr(counting, "valgrind_problem", lambda: "valgrind is not installed")
     assert cli.main(["compare", "regression", "--count", "--out", str(tmp_path / "c")]) == 2
@@ -141,7 +143,7 @@ def test_compare_rejects_bad_input_before_running(tmp_path, capsys):
 def test_cli_registers_compare_and_converge():
     parser = cli.build_parser()
     for command in ("compare", "converge"):
-        module = importlib.import_module(f"workloads.commands.{command}")
+        module = importlib.import_module(f"torchloops.commands.{command}")
         args = parser.parse_args([command, "regression"])
         assert args.handler is module.main
     assert cli.main(["compare", "--seeds", "0"]) == 2

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-import workloads as W
+import torchloops as W
 from conftest import WORKLOADS
-from workloads.data import MAX_SEED
+from torchloops.core.data import MAX_SEED
 
 
 def test_configure_makes_no_data():
@@ -47,8 +47,8 @@ def test_batch_size_is_checked_against_the_declared_rows():
 ])
 def test_the_command_line_and_configure_apply_one_rule(capsys, option, keyword, value, rule):
     """One validation layer: the CLI's argument type and configure refuse the same value with the
-    same rule (workloads.validation), each naming the option."""
-    from workloads.cli import main
+    same rule (torchloops.core.validation), each naming the option."""
+    from torchloops.cli import main
 
     with pytest.raises(W.UsageError, match=f"--{keyword} {rule}"):
         W.configure("regression", "module", "cpu", **{keyword: value})

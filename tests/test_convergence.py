@@ -1,5 +1,5 @@
 """Every workload in every style reaches its quality target from a fixed seed (CPU), and
-the convergence statistics' check of fresh seeds against a reference (:mod:`workloads.convergence`).
+the convergence statistics' check of fresh seeds against a reference (:mod:`torchloops.measurement.convergence`).
 
 Each run stops at its target (``until_target``), capped at the documented length.
 The seeds are fixed and typical (the seed nearest the median steps-to-target of
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-import workloads as W
+import torchloops as W
 from conftest import STYLES, WORKLOADS
-from workloads import convergence
-from workloads.cli import main
-from workloads.references import typical_seed
+from torchloops.measurement import convergence
+from torchloops.cli import main
+from torchloops.support.references import typical_seed
 
 # One typical seed per workload: the shipped reference's median seed.
 SEEDS = {w: typical_seed(w) for w in WORKLOADS}

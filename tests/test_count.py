@@ -13,8 +13,9 @@ import textwrap
 import pytest
 import torch
 
-from workloads import UsageError, counting
-from workloads.cli import main
+from torchloops import UsageError
+from torchloops.measurement import counting
+from torchloops.cli import main
 
 PYTHON_BIN = os.path.dirname(sys.executable)
 
@@ -73,7 +74,7 @@ def test_no_valgrind_on_path_exits_3(tmp_path):
     """The whole command in a fresh process whose PATH holds no valgrind: no traceback."""
     out = tmp_path / "counts.json"
     env = dict(os.environ, PATH=PYTHON_BIN)
-    done = subprocess.run([sys.executable, "-m", "workloads", "count", "mlp_adam", "--style", "module",
+    done = subprocess.run([sys.executable, "-m", "torchloops", "count", "mlp_adam", "--style", "module",
                            "--json", str(out)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 3, done.stderr
     assert done.stderr.count("\n") == 1 and "valgrind is not installed" in done.stderr
@@ -173,6 +174,7 @@ def test_child_runs_natively_without_sklearn(tmp_path):
 SKIP_REAL = os.environ.get("TORCHLOOPS_REAL_COUNT") == "0"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(SKIP_REAL, reason="TORCHLOOPS_REAL_COUNT=0: no real count")
 def test_real_count(tmp_path, capsys):
     """One real valgrind count (~30 s of one core on the 2-core machine); skipped where valgrind

@@ -19,11 +19,13 @@ import pytest
 
 from conftest import default_sigint
 
+pytestmark = pytest.mark.slow  # torchrun launches: .ci/run's second step
+
 
 def test_two_ddp_runs_at_once_both_finish(tmp_path):
     procs = []
     for name in ("a", "b"):
-        cmd = [sys.executable, "-m", "workloads", "run", "regression", "--style", "module",
+        cmd = [sys.executable, "-m", "torchloops", "run", "regression", "--style", "module",
                "--device", "ddp", "--nproc", "2", "--backend", "gloo", "--steps", "20", "--json", str(tmp_path / f"{name}.json")]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path))
     outcomes = [p.communicate(timeout=240) + (p.returncode,) for p in procs]
@@ -58,7 +60,7 @@ def test_a_signal_to_the_launcher_stops_every_rank(tmp_path, sig, status):
     the ranks and the launcher says so in one line.  SIGKILL gives the agent no chance: each
     rank asked Linux to kill it on its parent's death (``launcher.stop_with_launcher``)."""
     out = tmp_path / "ddp.json"
-    cmd = [sys.executable, "-m", "workloads", "run", "lenet", "--style", "module", "--device", "ddp",
+    cmd = [sys.executable, "-m", "torchloops", "run", "lenet", "--style", "module", "--device", "ddp",
            "--nproc", "2", "--backend", "gloo", "--quiet", "--json", str(out)]
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                                 preexec_fn=default_sigint)

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from workloads import stats
-from workloads.cli import main
+from torchloops.support import stats
+from torchloops.cli import main
 
 BLOCK = 1e-3  # seconds: the base's step time
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-import workloads as W
-from workloads.runner import build
-from conftest import RTOL, STYLES, WORKLOADS, short_run
+import torchloops as W
+from torchloops.measurement.runner import build
+from conftest import RTOL, STYLES, WORKLOADS, ShortRuns, applicable_styles
 
 STEPS = 60
 # --weight-decay: large enough that over STEPS steps its effect on the losses is far beyond the
@@ -24,7 +24,7 @@ WEIGHT_DECAY = 1e-2
 
 @pytest.fixture(scope="module")
 def trajectories():
-    return {(w, s): short_run(w, s, STEPS) for w in WORKLOADS for s in STYLES}
+    return ShortRuns(STEPS)
 
 
 @pytest.mark.parametrize("style", [s for s in STYLES if s != "module"])
@@ -43,7 +43,7 @@ def test_style_matches_module_loss_trajectory(trajectories, workload, style):
 def test_styles_agree_on_evaluated_losses(trajectories, workload):
     rtol = RTOL[W.get_workload(workload).dtype]
     ref = trajectories[(workload, "module")]
-    for style in STYLES:
+    for style in applicable_styles(workload):
         got = trajectories[(workload, style)]
         assert got.final_train_loss == pytest.approx(ref.final_train_loss, rel=rtol)
         assert got.test_loss == pytest.approx(ref.test_loss, rel=rtol)
@@ -57,7 +57,7 @@ def test_every_style_starts_from_the_same_parameters(workload):
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert all(p.dtype == wl.dtype for p in a.values())
-    for style in STYLES:
+    for style in applicable_styles(workload):
         trainer = build(W.configure(workload, style, "cpu", 3, steps=1))[0]
         state = trainer.state_dict()
         assert list(state) == list(a), style
@@ -66,7 +66,7 @@ def test_every_style_starts_from_the_same_parameters(workload):
 
 @pytest.fixture(scope="module")
 def decayed():
-    return {(w, s): short_run(w, s, STEPS, weight_decay=WEIGHT_DECAY) for w in WORKLOADS for s in STYLES}
+    return ShortRuns(STEPS, weight_decay=WEIGHT_DECAY)
 
 
 @pytest.mark.parametrize("style", STYLES)

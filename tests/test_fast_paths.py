@@ -13,11 +13,11 @@ import json
 import pytest
 import torch
 
-import workloads as W
+import torchloops as W
 from conftest import GRAD_TOL
-from workloads.data import batch_plan
-from workloads.cli import main
-from workloads.runner import build
+from torchloops.core.data import batch_plan
+from torchloops.cli import main
+from torchloops.measurement.runner import build
 
 
 
@@ -145,8 +145,8 @@ def test_compiled_mode_reports_compile_time_apart_from_steady_state():
     inductor compile takes over a minute on the CI machine): the compile time is the
     calls that met a new batch shape, kept out of the steady-state median, and the
     compiled step computes the eager step's losses."""
-    from workloads.commands.compile import describe
-    from workloads.compiled import measure
+    from torchloops.commands.compile import describe
+    from torchloops.measurement.compiled import measure
 
     record = measure("regression", steps=45, backend="eager")  # one 40-batch epoch and 5 steps more
     assert record["steps"] == 45

@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import workloads as W
-from workloads import placements
-from workloads.compare import aggregate
-from workloads.references import typical_seed
-from workloads.runner import RunConfig
+import torchloops as W
+from torchloops.execution import distributed as distributed_module
+from torchloops.measurement import runner as runner_module
+from torchloops.execution import placements
+from torchloops.measurement.compare import aggregate
+from torchloops.support.references import typical_seed
+from torchloops.measurement.runner import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
@@ -66,7 +68,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_importing_the_suite_and_every_benchmark_asks_nothing_of_cuda_and_a_fork_computes():
     env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_NVML_BASED_CUDA_CHECK",)
-           and k not in W.distributed.ENV_VARS}
+           and k not in distributed_module.ENV_VARS}
     proc = subprocess.run([sys.executable, "-c", IMPORT_WITH_CUDA_QUERIES_RAISING, str(SCRIPT)], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -78,7 +80,7 @@ def test_importing_the_suite_and_every_benchmark_asks_nothing_of_cuda_and_a_fork
 def test_ddp_decides_its_device_when_asked_not_at_import():
     ddp = W.PLACEMENTS.get("ddp")
     assert ddp.device_type == "backend"
-    assert ddp.device().type == ("cuda" if W.distributed.use_cuda() else "cpu")
+    assert ddp.device().type == ("cuda" if distributed_module.use_cuda() else "cpu")
 
 
 # --- item 2: applicability is workload x style x placement -------------------------------------
@@ -100,13 +102,13 @@ def test_gpu_check_dry_run_wraps_as_dataparallel_would_and_skips_what_it_cannot_
     with pytest.raises(W.Unavailable, match="mlp_sgd's as_written loop has none"):
         script.train_job(dict(job, style="as_written"))
     config, _ = script._configure(dict(job, style="module"), "dataparallel")
-    trainer, *_ = W.runner.build(config)
+    trainer, *_ = runner_module.build(config)
     assert isinstance(trainer.model, torch.nn.DataParallel)  # wrapped on the CPU, as on the GPUs
     # the trainer that cannot be wrapped says so when a placement wraps it anyway
     wrapped = dataclasses_replace(W.configure("mlp_sgd", "as_written", "cpu", steps=3),
                                   placement=script._wrapping_placement())
     with pytest.raises(ValueError, match="wraps an nn.Module"):
-        W.runner.build(wrapped)
+        runner_module.build(wrapped)
 
 
 def dataclasses_replace(config, **changes):

@@ -21,12 +21,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import workloads as W
-from workloads import distributed, launcher, placements
-from workloads.cli import main
-from workloads.data import Split, batch_plan, plan_on_device
-from workloads.placements import Placement
-from workloads.styles import SliceBatcher, pre_indexed_batcher
+import torchloops as W
+from torchloops.execution import distributed, placements
+from torchloops.support import launcher
+from torchloops.cli import main
+from torchloops.core.data import Split, batch_plan, plan_on_device
+from torchloops.execution.placements import Placement
+from torchloops.execution.styles import SliceBatcher, pre_indexed_batcher
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
@@ -317,6 +318,7 @@ def test_gpu_check_bad_arguments_are_one_line_and_exit_2(capsys, argv, expected)
     assert expected in out.err
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_walks_the_whole_plan(tmp_path):
     out = tmp_path / "gpu.json"
     proc = gpu_check("--dry-run", "--stages", "plan", "--json", str(out))  # the stages: test_first_gpu_run.py
@@ -343,6 +345,7 @@ def test_gpu_check_dry_run_walks_the_whole_plan(tmp_path):
     assert proc.stdout.rstrip().endswith("exit status 1")
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_that_reaches_every_target_exits_0_and_launches_ddp_with_its_backend(tmp_path):
     out = tmp_path / "gpu.json"
     proc = gpu_check("--dry-run", "--stages", "plan", "--placements", "cuda", "--workloads", "regression", "--styles", "fused",
@@ -356,6 +359,7 @@ def test_gpu_check_dry_run_that_reaches_every_target_exits_0_and_launches_ddp_wi
     assert "ddp 2xgloo  regression  fused" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_a_crashed_run_and_a_dead_worker_are_rows_and_the_check_goes_on(tmp_path):
     out = tmp_path / "gpu.json"
     proc = gpu_check("--dry-run", "--stages", "plan", "--placements", "cuda,cuda_graph", "--workloads", "regression", "--styles",
@@ -375,6 +379,7 @@ def test_gpu_check_a_crashed_run_and_a_dead_worker_are_rows_and_the_check_goes_o
     assert fused and "CRASHED" not in fused[-1] and "capped at 4" in fused[-1]
 
 
+@pytest.mark.slow
 def test_gpu_check_a_hung_run_is_killed_at_its_timeout_and_the_budget_covers_the_rest(tmp_path):
     started = time.monotonic()
     proc = gpu_check("--dry-run", "--stages", "plan", "--placements", "cuda", "--workloads", "regression", "--styles", "module,fused",

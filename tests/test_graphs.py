@@ -1,7 +1,7 @@
 """CUDA graphs (the ``cuda_graph`` placement): which steps can be captured once and replayed.
 
 Without a GPU the real capture cannot run, so the property it relies on is checked
-on the CPU with :class:`workloads.graphs.TracedGraphs`, the same :class:`GraphedTrainer`
+on the CPU with :class:`torchloops.execution.graphs.TracedGraphs`, the same :class:`GraphedTrainer`
 driving a model of capture (record the step's ATen operations, change no value) and
 replay (run again, fail at the first operation that differs).  The negative controls
 show that the model catches what would break a real graph: a step count kept in
@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-import workloads as W
+import torchloops as W
 from conftest import GPU_RTOL, RTOL, STYLES, WORKLOADS, needs_placement, short_run
-from workloads.cli import main
-from workloads.graphs import CaptureUnsafe, GraphedTrainer, TracedGraphs, WARMUP_STEPS
-from workloads import runner
-from workloads.runner import build
+from torchloops.cli import main
+from torchloops.execution.graphs import CaptureUnsafe, GraphedTrainer, TracedGraphs, WARMUP_STEPS
+from torchloops.measurement import runner
+from torchloops.measurement.runner import build
 
 STEPS = 12
 
@@ -193,7 +193,7 @@ def test_cuda_graph_run_reaches_the_target_and_records_its_replays(tmp_path):
 def test_benchmark_warm_up_captures_every_batch_shape_before_timing():
     """A steady-state benchmark on cuda_graph must not time a capture: the warm-up runs on
     until the short last batch (met once an epoch) has its graph too."""
-    from workloads.benchmarking import Prepared
+    from torchloops.measurement.benchmarking import Prepared
 
     config = traced(W.configure("mlp_sgd", "module", "cpu", epochs=2, batch_size=300))
     prepared = Prepared(config).warm_up(5)

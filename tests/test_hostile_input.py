@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import workloads as W
-from workloads import cli
-from workloads.commands import run as run_command
+import torchloops as W
+from torchloops.measurement import runner as runner_module
+from torchloops import cli
+from torchloops.commands import run as run_command
 
 FAST = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 TINY_RUNS = settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -131,9 +132,9 @@ def test_runner_overrides_are_a_config_or_a_usage_error(workload, style, device,
         return
     except W.Unavailable:
         return
-    assert 1 <= config.total_steps <= W.runner.MAX_STEPS
+    assert 1 <= config.total_steps <= runner_module.MAX_STEPS
     assert math.isfinite(config.lr) and config.lr > 0
-    assert 1 <= config.threads <= W.runner.MAX_THREADS
+    assert 1 <= config.threads <= runner_module.MAX_THREADS
 
 
 @TINY_RUNS
@@ -176,6 +177,6 @@ def test_one_bad_override_among_valid_choices_is_a_usage_error(workload, style, 
     except W.UsageError as error:
         assert "\n" not in str(error) and len(str(error)) < 300
         return
-    assert 1 <= config.total_steps <= W.runner.MAX_STEPS
+    assert 1 <= config.total_steps <= runner_module.MAX_STEPS
     assert math.isfinite(config.lr) and config.lr > 0
-    assert 1 <= config.threads <= W.runner.MAX_THREADS
+    assert 1 <= config.threads <= runner_module.MAX_THREADS

@@ -1,4 +1,4 @@
-"""Interleaved timing (workloads.interleave): trajectories unchanged, blocks paired by round,
+"""Interleaved timing (torchloops.measurement.interleave): trajectories unchanged, blocks paired by round,
 ratios and intervals recorded; --deterministic's cuBLAS workspace checked early."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 
-import workloads as W
-from workloads import cli, runner
-from workloads.commands import run as run_command
-from workloads.interleave import paired_records, run_interleaved
+import torchloops as W
+from torchloops import cli
+from torchloops.measurement import runner
+from torchloops.commands import run as run_command
+from torchloops.measurement.interleave import paired_records, run_interleaved
 
 TIMING_FIELDS = {"time_to_target_s", "step_time_median_s", "train_time_s", "step_time_interval_s",
                  "step_time_blocks_s", "comparison", "block_rounds", "time_to_target_interval_s",
@@ -87,7 +88,7 @@ def test_paired_ratio_cancels_what_the_machine_did_in_each_round():
     estimate = paired_records([slower], [base])
     assert estimate.point == pytest.approx(1.1) and estimate.low == pytest.approx(1.1)
     same = _record([p * (1 + 0.01 * (-1) ** r) for r, p in enumerate(phases)])
-    from workloads.stats import verdict
+    from torchloops.support.stats import verdict
 
     assert verdict(paired_records([same], [base])) == "same"
     assert verdict(estimate) == "slower"

@@ -5,9 +5,9 @@ GPU, tests/test_placements.py checks the real figure is positive)."""
 
 from __future__ import annotations
 
-import workloads as W
-from workloads import runner
-from workloads.placements import Placement
+import torchloops as W
+from torchloops.measurement import runner
+from torchloops.execution.placements import Placement
 
 
 class FakeAllocator:

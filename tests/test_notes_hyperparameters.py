@@ -14,8 +14,8 @@ import torch
 from sklearn import datasets
 from torch import nn
 
-import workloads as W
-from workloads import data
+import torchloops as W
+from torchloops.core import data
 
 
 @pytest.fixture

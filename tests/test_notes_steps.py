@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-import workloads as W
+import torchloops as W
 from workloads import classification, lenet
-from workloads.runner import build
+from torchloops.measurement.runner import build
 
 
 def test_confusion_matrix_rows_are_true_labels():

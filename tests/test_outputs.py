@@ -1,4 +1,4 @@
-"""Output files respect what their path names (:mod:`workloads.outputs`): a regular file or a new
+"""Output files respect what their path names (:mod:`torchloops.support.outputs`): a regular file or a new
 name is replaced atomically; a named pipe or a character device is written in place and stays
 what it is; a symbolic link is followed and stays a link; ``--json -`` is standard output with
 the table on standard error; what cannot take a file is refused before any work.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from workloads.cli import main
+from torchloops.cli import main
 
 RUN = ["run", "regression", "--style", "module", "--steps", "5", "--quiet"]
 
@@ -151,7 +151,7 @@ def test_a_checkpoint_and_a_trace_through_links_to_pipes(tmp_path, capsys):
 
 
 def test_dash_is_standard_output_and_the_table_goes_to_standard_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "workloads", *RUN, "--json", "-"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "torchloops", *RUN, "--json", "-"], capture_output=True,
                           text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     [record] = json.loads(proc.stdout)  # all of standard output is the JSON: `| jq .` works
@@ -160,13 +160,14 @@ def test_dash_is_standard_output_and_the_table_goes_to_standard_error(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no file named "-"
 
 
+@pytest.mark.slow
 def test_dash_through_ddp_ranks_is_standard_output_too(tmp_path):
     """``--nproc 2``: rank 0's table (a child of torchrun) goes to standard error as well; the
     launcher writes the records it read back from rank 0."""
-    from workloads import distributed
+    from torchloops.execution import distributed
 
     env = {k: v for k, v in os.environ.items() if k not in distributed.ENV_VARS}
-    proc = subprocess.run([sys.executable, "-m", "workloads", "run", "regression", "--style", "raw", "--steps", "3",
+    proc = subprocess.run([sys.executable, "-m", "torchloops", "run", "regression", "--style", "raw", "--steps", "3",
                            "--quiet", "--device", "ddp", "--nproc", "2", "--backend", "gloo", "--json", "-"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr

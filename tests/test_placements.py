@@ -20,10 +20,11 @@ import pytest
 import torch
 from torch import nn
 
-import workloads as W
+import torchloops as W
+from torchloops.measurement import runner as runner_module
 from conftest import GPU_RTOL, STYLES, WORKLOADS, needs_placement, short_run
-from workloads.cli import main
-from workloads.placements import Placement, unwrap_state_dict
+from torchloops.cli import main
+from torchloops.execution.placements import Placement, unwrap_state_dict
 
 CUDA = W.PLACEMENTS.get("cuda").availability()
 DATAPARALLEL = W.PLACEMENTS.get("dataparallel").availability()
@@ -144,7 +145,7 @@ def test_cuda_matches_cpu_trajectory_and_records_the_gpu(workload, style):
 @pytest.mark.parametrize("style", STYLES)
 def test_cuda_moves_the_data_once_and_batches_stay_on_the_device(style):
     config = W.configure("lenet", style, "cuda", steps=5)
-    trainer, batcher, plan, split = W.runner.build(config)
+    trainer, batcher, plan, split = runner_module.build(config)
     for tensor in (split.X_train, split.y_train, split.X_test, split.y_test):
         assert tensor.device.type == "cuda"
     for xb, yb in batcher.epoch(0):
@@ -171,7 +172,7 @@ def test_dataparallel_matches_cuda_and_saves_canonical_names(workload, style):
 @needs_two_gpus
 def test_dataparallel_really_scatters_over_the_gpus():
     config = W.configure("lenet", "module", "dataparallel", steps=3)
-    trainer, batcher, _plan, _split = W.runner.build(config)
+    trainer, batcher, _plan, _split = runner_module.build(config)
     assert isinstance(trainer.model, nn.DataParallel)
     assert len(trainer.model.device_ids) == torch.cuda.device_count()
 

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-import workloads as W
-from workloads import flops
-from workloads.cli import main
-from workloads.profiling import profile
+import torchloops as W
+from torchloops.measurement import flops
+from torchloops.cli import main
+from torchloops.measurement.profiling import profile
 
 
 @pytest.mark.parametrize("style", W.STYLES.names())
@@ -103,7 +103,7 @@ def test_im2col_convolution_kernels_count_as_convolution():
 def test_fused_step_counts_the_module_steps_flops():
     """Same products in every style: the fused LeNet step (im2col kernels, no input gradient for
     conv1) counts what autograd's module step counts on the same batch."""
-    from workloads.runner import build, configure
+    from torchloops.measurement.runner import build, configure
 
     counts = []
     for style in ("module", "fused"):

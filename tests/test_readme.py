@@ -29,7 +29,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-PREFIXES = (".venv/bin/torchloops ", "torchloops ", "python -m workloads ", ".venv/bin/python -m workloads ")
+PREFIXES = (".venv/bin/torchloops ", "torchloops ", "python -m torchloops ", ".venv/bin/python -m torchloops ")
 
 
 def documented_commands():
@@ -55,7 +55,7 @@ def documented_commands():
 def test_documented_commands_parse():
     import shlex
 
-    from workloads import cli
+    from torchloops import cli
 
     commands = documented_commands()
     assert len(commands) >= 10  # the extraction finds the docs' examples

@@ -2,7 +2,7 @@
 
 Divergence within one step, atomic result/checkpoint files under interruption
 (real SIGINT/SIGTERM on a real run), ``--deterministic``, and concurrent writers.
-Checkpoints themselves (``workloads.checkpoint``): tests/test_checkpoint.py.
+Checkpoints themselves (``torchloops.measurement.checkpoint``): tests/test_checkpoint.py.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import workloads as W
-from workloads import benchmarking as B
-from workloads import checkpoint as C
-from workloads import launcher, outputs
-from workloads.cli import main
+import torchloops as W
+from torchloops.measurement import benchmarking as B
+from torchloops.measurement import checkpoint as C
+from torchloops.support import launcher, outputs
+from torchloops.cli import main
 
 from conftest import STYLES, default_sigint
 
@@ -124,7 +124,7 @@ def test_interrupted_checkpoint_save_leaves_the_previous_file(tmp_path, monkeypa
 
 def _start_long_run(folder: Path, *extra):
     """A real run of several minutes (classification, full schedule) writing to folder/r.json."""
-    code = ("import sys; import workloads.cli as c; print('ready', flush=True); "
+    code = ("import sys; import torchloops.cli as c; print('ready', flush=True); "
             "sys.exit(c.main(sys.argv[1:]))")
     argv = ["run", "classification", "--style", "raw", "--quiet", "--json", str(folder / "r.json"), *extra]
     proc = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=folder, stdout=subprocess.PIPE,
@@ -159,10 +159,11 @@ def test_sigterm_handler_is_restored_after_main():
 def test_importing_the_package_installs_no_signal_handler():
     """A fresh interpreter imports the package, every module of it and the CLI, with a rank's
     environment (``run --nproc`` started it): SIGINT and SIGTERM keep Python's own handlers."""
-    code = ("import importlib, pkgutil, signal, workloads, workloads.commands, workloads.cli\n"
-            "for m in pkgutil.walk_packages(workloads.__path__, 'workloads.'):\n"
-            "    if m.name != 'workloads.__main__':  # that one runs the CLI\n"
-            "        importlib.import_module(m.name)\n"
+    code = ("import importlib, pkgutil, signal, torchloops, workloads\n"
+            "for package in (torchloops, workloads):\n"
+            "    for m in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+            "        if m.name != 'torchloops.__main__':  # that one runs the CLI\n"
+            "            importlib.import_module(m.name)\n"
             "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, "
             "signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)")
     env = dict(os.environ, **{launcher.LAUNCHED_ENV: "1"})
@@ -174,7 +175,7 @@ def test_importing_the_package_installs_no_signal_handler():
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_rank_stopped_while_importing_torch_ends_quietly(tmp_path, sig, status):
-    """A ddp rank's program (:data:`workloads.launcher.RANK_MAIN`) signalled by torchrun's agent
+    """A ddp rank's program (:data:`torchloops.support.launcher.RANK_MAIN`) signalled by torchrun's agent
     while it is still importing torch: the signal's status, no traceback, nothing written.
     ``-X importtime`` reports each finished import on stderr: a torch module's line means
     the rank is inside ``import torch``, past its handler's installation."""
@@ -235,7 +236,7 @@ def test_same_seed_bitwise_equal_with_and_without_deterministic(workload):
 
 
 def _cli(*argv):
-    return subprocess.Popen([sys.executable, "-m", "workloads", *argv], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "torchloops", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

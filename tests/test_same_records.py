@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from workloads.cli import main
+from torchloops.cli import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "same_records.py"
 

@@ -83,34 +83,3 @@ def test_readme_tables_bad_input(tmp_path, capsys, monkeypatch):
         assert script.main(argv) == 2, argv
     err = capsys.readouterr().err
     assert err.count("\n") == 4 and "Traceback" not in err
-
-
-def test_noise_study_counts_refuse_one_process_counted_twice(tmp_path):
-    """Two count processes with the same instructions for every configuration are one measurement
-    (docs/noise-study/counts.json's processes 3 and 4): the study stops, one line, exit 1, nothing
-    written; distinct processes pass."""
-    code = ("import contextlib, io, json, sys\n"
-            f"sys.path.insert(0, {str(SCRIPTS)!r})\n"
-            "import noise_study\n"
-            "from pathlib import Path\n"
-            "from workloads import counting\n"
-            "counting.valgrind_problem = lambda: None\n"
-            "totals = iter([100, 101, 102, 102])  # processes 3 and 4: the same count\n"
-            "def fake_count(requests, folder, label, steps=None):\n"
-            "    total = next(totals)\n"
-            "    records = [dict(workload=w, style=s, instructions=total + k) for k, (w, s) in enumerate(requests)]\n"
-            "    return records, Path(folder) / f'{label}.json'\n"
-            "noise_study._count = fake_count\n"
-            "distinct = [([dict(workload='a', style='m', instructions=n)], f'{n}.json') for n in (1, 2, 3)]\n"
-            "noise_study.one_measurement_each(distinct)\n"
-            "err = io.StringIO()\n"
-            "with contextlib.redirect_stderr(err):\n"
-            "    status = noise_study.main(['--parts', 'counts', '--workloads', 'regression,mlp_adam',\n"
-            "                               '--json', 'study.json'])\n"
-            "print(json.dumps([status, err.getvalue(), next(totals, None)]))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    status, err, left = json.loads(done.stdout.splitlines()[-1])
-    assert status == 1 and err.count("\n") == 1, err
-    assert err.startswith("noise_study: error: counts: processes 3 and 4 (aa-3.json) report the same"), err
-    assert left is None and not (tmp_path / "study.json").exists()  # all 4 counted, then stopped, nothing written

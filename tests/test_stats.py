@@ -1,11 +1,11 @@
-"""workloads.stats: intervals from scipy's bootstrap, and verdicts that never rank noise."""
+"""torchloops.support.stats: intervals from scipy's bootstrap, and verdicts that never rank noise."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from workloads import stats
+from torchloops.support import stats
 
 
 def test_median_interval_contains_the_median_and_is_reproducible():

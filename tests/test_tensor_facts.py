@@ -387,7 +387,8 @@ def test_torch_max_prediction_equals_the_suites_argmax_ties_included():
     with ``argmax(1)`` (``losses.accuracy``, the confusion matrix).  Both take the first of tied
     maxima: the same index on every row, ties included (frequent here: ``MyNet`` puts a ReLU on
     its logits, so rows of zeros tie)."""
-    from workloads import classification, losses
+    from workloads import classification
+    from torchloops.core import losses
 
     outputs = torch.tensor([[0.0, 0.0, 0.0], [1.0, 3.0, 3.0], [2.0, 2.0, 1.0], [0.0, 5.0, 0.0], [0.0, 0.0, 4.0]])
     values, y_predicted = torch.max(outputs, 1)

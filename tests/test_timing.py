@@ -9,10 +9,10 @@ import statistics
 
 import pytest
 
-import workloads as W
-from workloads import compare as compare_module
-from workloads import runner
-from workloads.interleave import run_interleaved
+import torchloops as W
+from torchloops.measurement import compare as compare_module
+from torchloops.measurement import runner
+from torchloops.measurement.interleave import run_interleaved
 
 BLOCK = runner.BLOCK_WARMUP_STEPS + runner.BLOCK_STEPS
 
@@ -50,33 +50,44 @@ def test_interleaved_records_follow_the_same_definition():
 
 
 class _Clock:
-    """A step whose time depends on its place in the block: the warm-up steps are slow."""
+    """Slow steps where a switch or an evaluation leaves the caches cold: the first
+    ``BLOCK_WARMUP_STEPS`` of every block and the step after every evaluation."""
 
-    def __init__(self, warm: float, steady: float):
-        self.warm, self.steady, self.index = warm, steady, 0
+    def __init__(self, monkeypatch, cold: float, warm: float):
+        self.cold, self.warm, self.cold_left, self.cold_steps = cold, warm, 0, 0
+        advance, timed_step, evaluate = runner.Session.advance, runner.Session._timed_step, runner.evaluate
 
-    def __call__(self, session):
-        real = original_timed_step(session)
-        if real is None:
-            return None
-        took = self.warm if self.index % BLOCK < runner.BLOCK_WARMUP_STEPS else self.steady
-        self.index += 1
-        return took, real[1]
+        def block(session, *args, **kwargs):
+            self.cold_left = runner.BLOCK_WARMUP_STEPS
+            return advance(session, *args, **kwargs)
+
+        def step(session):
+            real = timed_step(session)
+            if real is None:
+                return None
+            cold, self.cold_left = self.cold_left > 0, max(0, self.cold_left - 1)
+            self.cold_steps += cold
+            return (self.cold if cold else self.warm), real[1]
+
+        def evaluation(*args):
+            self.cold_left = max(self.cold_left, runner.EVALUATION_WARMUP_STEPS)
+            return evaluate(*args)
+
+        monkeypatch.setattr(runner.Session, "advance", block)
+        monkeypatch.setattr(runner.Session, "_timed_step", step)
+        monkeypatch.setattr(runner, "evaluate", evaluation)
 
 
-original_timed_step = runner.Session._timed_step
-
-
-def test_the_cold_steps_that_start_a_block_are_not_samples(monkeypatch):
-    clock = _Clock(warm=5e-3, steady=1e-3)
-    monkeypatch.setattr(runner.Session, "_timed_step", lambda self: clock(self))
-    steps = 4 * BLOCK
-    record = W.run(W.configure("regression", "module", steps=steps)).to_dict()
-    assert record["step_time_blocks_s"] == [1e-3] * 4
+@pytest.mark.parametrize("workload", ["regression", "mlp_adam"])  # an evaluation every 40 / 7 steps
+def test_cold_steps_after_a_switch_or_an_evaluation_are_not_samples(monkeypatch, workload):
+    clock = _Clock(monkeypatch, cold=5e-3, warm=1e-3)
+    steps = 100
+    record = W.run(W.configure(workload, "module", steps=steps)).to_dict()
+    assert record["step_time_blocks_s"] == [1e-3] * len(record["step_time_blocks_s"])
     assert record["step_time_median_s"] == 1e-3 and record["train_time_s"] == pytest.approx(steps * 1e-3)
     assert record["warmup_step_time_median_s"] == 5e-3
-    warm = 4 * runner.BLOCK_WARMUP_STEPS
-    assert record["train_time_sum_s"] == pytest.approx(warm * 5e-3 + (steps - warm) * 1e-3)
+    assert clock.cold_steps > 8 * runner.BLOCK_WARMUP_STEPS  # every block, and the evaluations
+    assert record["train_time_sum_s"] == pytest.approx(clock.cold_steps * 5e-3 + (steps - clock.cold_steps) * 1e-3)
 
 
 def test_a_run_shorter_than_the_warm_up_still_has_a_step_time():

@@ -13,12 +13,12 @@ import json
 import pytest
 import torch
 
-import workloads as W
+import torchloops as W
 from workloads import lenet
-from workloads.cli import build_parser, main
-from workloads.commands.run import _rank_argv
-from workloads.optimizers import FusedAdam, FusedSGD, RawAdam, RawSGD
-from workloads.registry import OptimizerSpec
+from torchloops.cli import build_parser, main
+from torchloops.commands.run import _rank_argv
+from torchloops.core.optimizers import FusedAdam, FusedSGD, RawAdam, RawSGD
+from torchloops.core.registry import OptimizerSpec
 
 NOTES_WEIGHT_DECAY = 0.0001  # optim.Adam(net.parameters(),weight_decay =0.0001)
 

@@ -12,6 +12,8 @@ dead class); ``CrossEntropyLoss`` and ``SGD(lr=0.001, momentum=0.9)``; 50 epochs
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from sklearn import datasets
@@ -19,11 +21,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from torch import nn
 
-from .data import split, to_split
-from .gradients import CrossEntropyGradT, FusedGrads, threshold_backward
-from .losses import accuracy, raw_cross_entropy
-from .notes_loop import AsWrittenModuleTrainer, NumpyEveryStep, as_written_module
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
+from torchloops.core.data import split, to_split
+from torchloops.core.gradients import CrossEntropyGradT, FusedGrads, threshold_backward
+from torchloops.core.losses import accuracy, raw_cross_entropy
+from torchloops.core.notes_loop import AsWrittenModuleTrainer, NumpyEveryStep, as_written_module
+from torchloops.core.registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
 
 
 def make_data(seed: int):
@@ -136,6 +138,7 @@ class AsWritten(AsWrittenModuleTrainer):
 WORKLOAD = register_workload(
     Workload(
         name="classification",
+        reference=Path(__file__).parent / "reference" / "classification.json",
         summary="MyNet 10-10-3 with ReLU on the logits; CrossEntropy; SGD(lr=0.001, momentum=0.9)",
         # data: make_classification(1000 x 10, 3 classes, flip_y=0.05), split 0.2
         make_data=make_data,

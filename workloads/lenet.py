@@ -16,6 +16,8 @@ recommended optimizer loop, on the notes' own :class:`Net`; the other styles' mo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from sklearn import datasets
@@ -23,11 +25,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from torch import nn
 
-from .data import split, to_split
-from .gradients import cross_entropy_with_grad_t, linear_backward, relu_backward
-from .losses import accuracy, raw_cross_entropy
-from .notes_loop import AsWrittenModuleTrainer, SlicedAsWritten, as_written_module
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
+from torchloops.core.data import split, to_split
+from torchloops.core.gradients import cross_entropy_with_grad_t, linear_backward, relu_backward
+from torchloops.core.losses import accuracy, raw_cross_entropy
+from torchloops.core.notes_loop import AsWrittenModuleTrainer, SlicedAsWritten, as_written_module
+from torchloops.core.registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
 
 
 def make_data(seed: int):
@@ -291,6 +293,8 @@ def digits_pixels(x: torch.Tensor):
 WORKLOAD = register_workload(
     Workload(
         name="lenet",
+        reference=Path(__file__).parent / "reference" / "lenet.json",
+        count_steps=(4, 2),  # a step takes ~2 s of CPU under callgrind (oneDNN convolutions)
         summary="LeNet-5 (conv 6, conv 16, 120-84-10); CrossEntropy; SGD(lr=0.01); batch 32",
         # data: sklearn load_digits (1797 8x8 images) upsampled to 32x32, split 0.2
         make_data=make_data,

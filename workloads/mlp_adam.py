@@ -12,13 +12,15 @@ mathematics: the ``as_written`` style (:class:`AsWritten`) reproduces them, the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from sklearn.neural_network import MLPRegressor
 from torch import nn
 
-from .gradients import sigmoid_backward_op
-from .losses import mse, raw_mse
+from torchloops.core.gradients import sigmoid_backward_op
+from torchloops.core.losses import mse, raw_mse
 from .mlp_sgd import (
     OneHiddenLayer,
     make_data_as,
@@ -26,8 +28,8 @@ from .mlp_sgd import (
     one_hidden_layer_raw,
     one_hidden_layer_sequential,
 )
-from .notes_loop import AsWrittenModuleTrainer, RewrappedBatches, as_written_module
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
+from torchloops.core.notes_loop import AsWrittenModuleTrainer, RewrappedBatches, as_written_module
+from torchloops.core.registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
 
 
 def make_data(seed: int):
@@ -82,6 +84,7 @@ class AsWritten(AsWrittenModuleTrainer):
 WORKLOAD = register_workload(
     Workload(
         name="mlp_adam",
+        reference=Path(__file__).parent / "reference" / "mlp_adam.json",
         summary="Sequential(Linear(5,128), Sigmoid, Linear(128,1)); MSELoss; Adam(lr=0.001); batch 116 in order",
         # data: as mlp_sgd, float32
         make_data=make_data,

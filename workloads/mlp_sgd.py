@@ -11,6 +11,8 @@ The ``as_written`` loop (:class:`AsWritten`) is the notes' method 1, habits incl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from collections import OrderedDict
 
 import torch
@@ -18,11 +20,11 @@ from sklearn import datasets
 from sklearn.neural_network import MLPRegressor
 from torch import nn
 
-from .data import split, standardise, to_split
-from .gradients import FusedGrads, MseGrad
-from .losses import mse, raw_mse
-from .notes_loop import NotesLoop, SlicedAsWritten
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
+from torchloops.core.data import split, standardise, to_split
+from torchloops.core.gradients import FusedGrads, MseGrad
+from torchloops.core.losses import mse, raw_mse
+from torchloops.core.notes_loop import NotesLoop, SlicedAsWritten
+from torchloops.core.registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
 
 
 HIDDEN = 128
@@ -329,6 +331,7 @@ class AsWritten:
 WORKLOAD = register_workload(
     Workload(
         name="mlp_sgd",
+        reference=Path(__file__).parent / "reference" / "mlp_sgd.json",
         summary="5-128-1 ReLU MLP, randn init, float64; MSE; SGD(lr=0.01); full batch",
         # data: make_regression(1000 x 5, 5 informative, noise=0.001), split 0.2, standardised, float64
         make_data=make_data,

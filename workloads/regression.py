@@ -12,16 +12,18 @@ full-set one, as the notes' report.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from sklearn import datasets
 from sklearn.linear_model import LinearRegression, SGDRegressor
 from torch import nn
 
-from .data import split, standardise, to_split
-from .gradients import FusedGrads, MseGrad
-from .losses import mse, raw_mse
-from .notes_loop import AsWrittenModuleTrainer, NotesDataLoader, as_written_module
-from .registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
+from torchloops.core.data import split, standardise, to_split
+from torchloops.core.gradients import FusedGrads, MseGrad
+from torchloops.core.losses import mse, raw_mse
+from torchloops.core.notes_loop import AsWrittenModuleTrainer, NotesDataLoader, as_written_module
+from torchloops.core.registry import AsWritten as Notes, Metric, OptimizerSpec, Peer, Workload, register_workload
 
 
 def make_data(seed: int):
@@ -126,6 +128,7 @@ class AsWritten(AsWrittenModuleTrainer):
 WORKLOAD = register_workload(
     Workload(
         name="regression",
+        reference=Path(__file__).parent / "reference" / "regression.json",
         summary="Linear(5, 1); MSELoss; SGD(lr=0.01); batch 20 shuffled",
         # data: make_regression(1000 x 5, 3 informative, bias=1, noise=0.001), split 0.2, standardised X and y
         make_data=make_data,

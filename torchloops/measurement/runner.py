@@ -410,6 +410,8 @@ class Session:
         self.finished = False
         self._epoch, self._batches = 0, None
         self._cold = 0  # steps still to be timed apart (after a block's start or an evaluation)
+        self._graphed = hasattr(self.trainer, "setup_step")  # cuda_graph flags its set-up steps
+        self._distributed = config.placement.world_size() > 1
         config.placement.sync()  # the data and model copies to the device are not the first step's time
         # GPU memory: what this configuration holds (data, model: allocated by its build) plus the
         # most its steps allocate on top of what was allocated when they started (optimizer state,
@@ -428,17 +430,21 @@ class Session:
         self._mark_memory()
         timed: List[float] = []
         trained, self._cold = 0, warmup
-        while len(timed) < steps and not self.finished:
-            with _collector_paused(not self._cold):
+        collector = _Collector()
+        try:
+            while len(timed) < steps and not self.finished:
+                collector.pause(not self._cold)
                 step = self._timed_step()
-            if step is None:
-                self.finished = True
-                break
-            one_off = getattr(self.trainer, "setup_step", False)  # cuda_graph: a warm-up or a capture
-            (self.warmup_times if self._cold or one_off else timed).append(step[0])
-            self._cold = max(0, self._cold - 1)
-            trained += 1
-            self.finished = self._after_step(*step)
+                if step is None:
+                    self.finished = True
+                    break
+                one_off = self._graphed and self.trainer.setup_step  # cuda_graph: a warm-up or a capture
+                (self.warmup_times if self._cold or one_off else timed).append(step[0])
+                self._cold = max(0, self._cold - 1)
+                trained += 1
+                self.finished = self._after_step(*step)
+        finally:
+            collector.pause(False)
         if timed:
             self.block_times.append(math.fsum(timed) / len(timed))
             self.block_rounds.append(len(self.block_rounds) if round_index is None else round_index)
@@ -496,7 +502,7 @@ class Session:
         self.losses.append(loss)
         self.step += 1
         bad = not math.isfinite(loss)
-        if placement.world_size() > 1:
+        if self._distributed:
             bad = placement.agree(bad)  # ddp ranks agree, so that all stop together
         if bad and self.diverged_at_step is None:
             self.diverged, self.diverged_at_step = True, self.step
@@ -531,22 +537,24 @@ class Session:
         return _record(self, comparison)
 
 
-@contextlib.contextmanager
-def _collector_paused(active: bool):
-    """Python's cyclic garbage collector off during a step that is a timing sample, as
+class _Collector:
+    """Python's cyclic garbage collector off during the steps that are timing samples, as
     ``timeit`` and ``torch.utils.benchmark.Timer`` have it off during their timed loops.  A full
     collection costs what the whole process holds (here: every interleaved configuration, torch,
     scikit-learn), not what the step does, and lands on whichever step allocates past the
     threshold: the collections run in the steps timed apart and the evaluations instead
-    (docs/measurement.md, "Garbage collection")."""
-    paused = active and gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
+    (docs/measurement.md, "Garbage collection").  Switched only when the wanted state changes
+    (twice a block, and around an evaluation's cold step), never left off; a collector the
+    caller turned off stays off."""
+
+    def __init__(self):
+        self.enabled, self.paused = gc.isenabled(), False
+
+    def pause(self, wanted: bool) -> None:
+        wanted = wanted and self.enabled
+        if wanted != self.paused:
+            (gc.disable if wanted else gc.enable)()
+            self.paused = wanted
 
 
 def _scaled(estimate: "Estimate", steps: Optional[int]):

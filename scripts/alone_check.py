@@ -233,6 +233,30 @@ def print_harness(rows: list) -> None:
                        cells))
 
 
+def report(document: dict) -> str:
+    """The Markdown of a ``--json`` document: provenance, the harness, the alone and ratio tables."""
+    machine = document["machine"]
+    out = [f"Measured {document['started']} on {machine['platform']} ({machine['cpu_count']} cores), torch "
+           f"{document['torch']}, 1 thread; `{document['command']}`.", ""]
+    if "harness" in document:
+        out += ["| workload | style | pairs | session block | Timer | harness (paired) |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['workload']} | {r['style']} | {r['pairs']} | {_us(r['session_s'])} | {_us(r['timer_s'])} | "
+                f"{100 * r['overhead']:+.1f} % |" for r in document["harness"]]
+        out.append("")
+    if "alone" in document:
+        out += ["| workload | style | steps to target | suite step | alone step | Timer (alone) | suite time to "
+                "target | alone | suite / alone | spread of 5 compare runs | alone with GC | old definition (sum) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['workload']} | {r['style']} | {r['steps_to_target']} | {_us(r['suite_step_s'])} | "
+                f"{_us(r['alone_step_s'])} | {_us(r['timer_step_s'])} | {_ms(r['suite_ttt_s'])} | "
+                f"{_ms(r['alone_ttt_s'])} | {r['ttt_vs_alone']:.3f} | ±{100 * r['compare_spread']:.1f} % | "
+                f"{_ms(r['alone_ttt_with_gc_s'])} | {_ms(r['suite_sum_ttt_s'])} |" for r in document["alone"]["rows"]]
+        out += ["", "| workload | fused / module, suite (paired) | alone | suite / alone |", "|---|---|---|---|"]
+        out += [f"| {r['workload']} | {r['suite_ratio']:.3f} | {r['alone_ratio']:.3f} | {r['suite_over_alone']:.3f} |"
+                for r in document["alone"]["ratios"]]
+    return "\n".join(out)
+
+
 def _us(value: float) -> str:
     return f"{value * 1e6:.1f} us"
 
@@ -250,6 +274,7 @@ def _arguments(argv):
     parser.add_argument("--blocks", type=positive_int, default=200, help="harness: block pairs (default 200)")
     parser.add_argument("--workloads", default=",".join(W.workload_names()), help="comma-separated (default all)")
     parser.add_argument("--json", help="write every figure here")
+    parser.add_argument("--report", metavar="JSON", help="print a --json document's tables as Markdown")
     parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "STYLE", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.parts = [p for p in args.parts.split(",") if p]
@@ -272,6 +297,13 @@ def main(argv=None) -> int:
     if args.child:
         workload, style, steps = args.child
         print(json.dumps(alone(workload, style, int(steps))))
+        return 0
+    if args.report:
+        try:
+            print(report(json.loads(Path(args.report).read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"alone_check: error: --report {args.report!r} is not an alone_check JSON ({error})", file=sys.stderr)
+            return 2
         return 0
     document = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                             "processor": platform.processor()},

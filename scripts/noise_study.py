@@ -248,6 +248,9 @@ def report(document: dict) -> str:
         out += ["", f"A/A diffs of process pairs: exit statuses {statuses} ({statuses.count(1)} of "
                 f"{len(statuses)} pairs raised an alarm); planted 3 %: `diff --max-slowdown 2` exit "
                 f"{counts['planted_diff_exit']}."]
+        if "distinct_totals" in counts:
+            out += ["", f"Distinct totals over the {counts['processes']} processes: {counts['distinct_totals']} "
+                    "(separate processes can agree to the instruction: the counted region is deterministic)."]
     return "\n".join(out)
 
 

@@ -62,6 +62,7 @@ ALONE_CASES = [
     (["--workloads", "nosuch"], "workloads: classification"),
     (["--rounds", "0"], "must be a positive integer"),
     (["--json", "/tmp"], "is a directory"),
+    (["--report", "/nonexistent/alone.json"], "is not an alone_check JSON"),
 ]
 
 

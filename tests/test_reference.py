@@ -66,7 +66,7 @@ def fresh_seeds(workload: str, reference: dict, budget: float) -> int:
 
 @pytest.mark.parametrize("workload", W.workload_names())
 def test_fresh_seeds_are_consistent_with_the_reference(workload):
-    """Within the test command's budget; a workload over it is checked by the slow tier's twin."""
+    """Within the test command's budget; the slow tier's twin checks every workload."""
     reference = shipped(workload)
     count = fresh_seeds(workload, reference, FRESH_BUDGET_S)
     if not count:
@@ -76,10 +76,10 @@ def test_fresh_seeds_are_consistent_with_the_reference(workload):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workload", W.workload_names())
-def test_fresh_seeds_of_a_costly_workload_are_consistent_with_the_reference(workload):
+def test_fresh_seeds_of_every_workload_are_consistent_with_the_reference(workload):
+    """The slow tier checks every workload, whatever the budget decided in the test command
+    (a loaded machine moves a workload over it)."""
     reference = shipped(workload)
-    if fresh_seeds(workload, reference, FRESH_BUDGET_S):
-        pytest.skip(f"{workload}: within the budget; checked by the test command")
     check_fresh_seeds(workload, reference, min(FRESH_SEEDS))
 
 

@@ -73,9 +73,9 @@ def test_readme_is_a_front_page_and_every_link_resolves():
 
 # Every file of the repository that cites other files: the docs, the code (comments and
 # docstrings) and the tests.
-CITING = DOCS + [path for folder in ("workloads", "tests", "scripts", "benchmarks")
+CITING = DOCS + [path for folder in ("torchloops", "workloads", "examples", "tests", "scripts", "benchmarks")
                  for path in sorted((ROOT / folder).rglob("*.py"))]
-REPO_PATH = re.compile(r"(?<![\w./-])((?:workloads|tests|scripts|benchmarks|docs|\.ci)/[\w./-]*[\w/])(?![\w<*{-])")
+REPO_PATH = re.compile(r"(?<![\w./-])((?:torchloops|workloads|examples|tests|scripts|benchmarks|docs|\.ci)/[\w./-]*[\w/])(?![\w<*{-])")
 # Files outside the repository a clone lacks: the notes' own file and the project's notes about them
 # (spelled in two parts, so that this file does not cite them itself).
 OUTSIDE = re.compile("|".join(["shared" + "/", r"\bSPEC" + r"\.md", r"\bseed" + "/", "000_ff506" + "adf640d1cbe"]))

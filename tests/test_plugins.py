@@ -105,3 +105,13 @@ def test_a_bad_plugin_is_one_line_and_exit_2(tmp_path, value, expected):
     done = torchloops(env, "list")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_plugin_that_misdeclares_its_rows_is_one_line_and_exit_2(tmp_path):
+    """A declaration the data contradicts (``n_train``) is the user's input: one line naming the
+    valid value, found when the run is built, not a traceback."""
+    wrong = tmp_path / "wine_wrong.py"
+    wrong.write_text(EXAMPLE.read_text().replace("n_train=142", "n_train=100").replace('"wine_mlp"', '"wine_wrong"'))
+    done = torchloops(dict(os.environ, **{discovery.ENVIRONMENT: str(wrong)}), "run", "wine_wrong", "--steps", "5")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and "valid: n_train=142" in done.stderr

@@ -72,8 +72,9 @@ class RunConfig:
         if self.split is None:
             split = self.workload.make_data(self.seed)
             if split.n_train != self.workload.n_train:
-                raise ValueError(f"{self.workload.name}: make_data gave {split.n_train} training rows, "
-                                 f"the workload declares n_train={self.workload.n_train}")
+                # a workload's own declaration is input too (a plug-in's file): one line, exit 2
+                raise UsageError(f"{self.workload.name}: make_data gave {split.n_train} training rows, the "
+                                 f"workload declares n_train={self.workload.n_train}; valid: n_train={split.n_train}")
             self.split = split
         return self.split
 
